@@ -1,0 +1,153 @@
+// CPU kernels: correct, deterministic, not fast. They define what the CUDA kernels must match bit
+// for bit (the tests compare both against sp24.reference).
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <atomic>
+#include <vector>
+
+#include "sp24/params.h"
+#include "sp24/select.h"
+
+namespace sp24 {
+namespace {
+
+template <typename F>
+void dispatch_dtype(DType d, F&& f) {
+  switch (d) {
+    case DType::kFloat32: f(float{}); break;
+    case DType::kFloat16: f(c10::Half{}); break;
+    case DType::kBFloat16: f(c10::BFloat16{}); break;
+  }
+}
+
+constexpr int64_t kGrain = 64;
+
+template <typename T>
+void sparsify24_rows(const Sparsify24Params& p) {
+  const T* x = static_cast<const T*>(p.x);
+  T* values = static_cast<T*>(p.values);
+  const int64_t G = p.K / 4;
+  // Per-thread column counts, reduced at the end: deterministic and free of atomics.
+  const int nthreads = at::get_num_threads();
+  std::vector<std::vector<int32_t>> partial(p.counts ? nthreads : 0);
+  at::parallel_for(0, p.M, kGrain, [&](int64_t r0, int64_t r1) {
+    int32_t* cnt = nullptr;
+    if (p.counts) {
+      auto& mine = partial[at::get_thread_num()];
+      if (mine.empty()) mine.assign(p.K, 0);
+      cnt = mine.data();
+    }
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* xr = x + r * p.x_row_stride;
+      T* vr = values + r * (p.K / 2);
+      uint8_t* ir = p.indices + r * (p.K / 2);
+      for (int64_t g = 0; g < G; ++g) {
+        T a[4];
+        float f[4];
+        for (int i = 0; i < 4; ++i) {
+          a[i] = xr[4 * g + i];
+          f[i] = static_cast<float>(a[i]);
+          if (p.relu2) {
+            f[i] = relu2(f[i]);
+            a[i] = static_cast<T>(f[i]);
+            f[i] = static_cast<float>(a[i]);  // rank the value as stored
+          }
+          if (cnt && f[i] != 0.f) cnt[4 * g + i] += 1;  // NaN != 0 counts as non-zero
+        }
+        uint8_t lo, hi;
+        mask_to_indices(select_2of4(f[0], f[1], f[2], f[3], p.algo), lo, hi);
+        vr[2 * g] = a[lo];
+        vr[2 * g + 1] = a[hi];
+        ir[2 * g] = lo;
+        ir[2 * g + 1] = hi;
+      }
+    }
+  });
+  if (p.counts) {
+    for (auto& part : partial)
+      if (!part.empty())
+        for (int64_t k = 0; k < p.K; ++k) p.counts[k] += part[k];
+  }
+}
+
+template <typename T>
+void sparsify24_transposed_rows(const Sparsify24TransposedParams& p) {
+  const T* x = static_cast<const T*>(p.x);
+  T* values = static_cast<T*>(p.values);
+  const int64_t G = p.T / 4;
+  at::parallel_for(0, p.C, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t col = p.columns ? p.columns[c] : c;
+      T* vr = values + c * (p.T / 2);
+      uint8_t* ir = p.indices + c * (p.T / 2);
+      for (int64_t g = 0; g < G; ++g) {
+        T a[4];
+        for (int i = 0; i < 4; ++i) a[i] = x[(4 * g + i) * p.x_row_stride + col];
+        uint8_t lo, hi;
+        mask_to_indices(select_2of4(static_cast<float>(a[0]), static_cast<float>(a[1]),
+                                    static_cast<float>(a[2]), static_cast<float>(a[3]), p.algo),
+                        lo, hi);
+        vr[2 * g] = a[lo];
+        vr[2 * g + 1] = a[hi];
+        ir[2 * g] = lo;
+        ir[2 * g + 1] = hi;
+      }
+    }
+  });
+}
+
+template <typename T>
+void apply24_rows(const Apply24Params& p) {
+  const T* x = static_cast<const T*>(p.x);
+  const T* y2 = static_cast<const T*>(p.y2_values);
+  T* values = static_cast<T*>(p.values);
+  const int64_t H = p.K / 2;
+  at::parallel_for(0, p.M, kGrain, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* xr = x + r * p.x_row_stride;
+      for (int64_t h = 0; h < H; ++h) {
+        // `& 3` keeps a corrupted index inside its group: never a read outside x.
+        const int64_t col = 4 * (h / 2) + (p.indices[r * H + h] & 3);
+        if (p.relu2_backward) {
+          const float d = 2.f * std::sqrt(static_cast<float>(y2[r * H + h]));
+          values[r * H + h] = static_cast<T>(static_cast<float>(xr[col]) * d);
+        } else {
+          values[r * H + h] = xr[col];
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+void to_dense24_rows(const ToDense24Params& p) {
+  const T* values = static_cast<const T*>(p.values);
+  T* out = static_cast<T*>(p.out);
+  const int64_t H = p.K / 2;
+  at::parallel_for(0, p.M, kGrain, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      T* o = out + r * p.K;
+      for (int64_t k = 0; k < p.K; ++k) o[k] = T(0.f);
+      for (int64_t h = 0; h < H; ++h) o[4 * (h / 2) + (p.indices[r * H + h] & 3)] = values[r * H + h];
+    }
+  });
+}
+
+}  // namespace
+
+void sparsify24_cpu(const Sparsify24Params& p) {
+  dispatch_dtype(p.dtype, [&](auto t) { sparsify24_rows<decltype(t)>(p); });
+}
+void sparsify24_transposed_cpu(const Sparsify24TransposedParams& p) {
+  dispatch_dtype(p.dtype, [&](auto t) { sparsify24_transposed_rows<decltype(t)>(p); });
+}
+void apply24_cpu(const Apply24Params& p) {
+  dispatch_dtype(p.dtype, [&](auto t) { apply24_rows<decltype(t)>(p); });
+}
+void to_dense24_cpu(const ToDense24Params& p) {
+  dispatch_dtype(p.dtype, [&](auto t) { to_dense24_rows<decltype(t)>(p); });
+}
+
+}  // namespace sp24

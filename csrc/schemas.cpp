@@ -1,0 +1,25 @@
+// Every sp24 op schema, in one place. Kernels: sparse24_ops.cpp (CPU, Meta, CUDA glue).
+// Semantics: python/sp24/reference.py.
+#include <torch/library.h>
+
+TORCH_LIBRARY(sp24, m) {
+  // Row-wise 2:4 of x (M, K): (values (M, K/2), indices (M, K/2) uint8, counts).
+  // activation: None or "relu2" (selection on relu(x)^2). counts: int32 (K,) non-zeros per column
+  // of the activated input before sparsification when with_counts, else an empty tensor.
+  m.def("sparsify24(Tensor x, str algo=\"largest\", str? activation=None, bool with_counts=False)"
+        " -> (Tensor values, Tensor indices, Tensor counts)");
+  // 2:4 along the rows of x (T, N) of x[:, columns].T (or x.T): (values (C, T/2), indices (C, T/2)).
+  m.def("sparsify24_transposed(Tensor x, str algo=\"largest_abs\", Tensor? columns=None)"
+        " -> (Tensor values, Tensor indices)");
+  // x (M, K) at the positions of a 2:4 pattern: values (M, K/2).
+  m.def("sparse24_apply(Tensor x, Tensor indices) -> Tensor");
+  // Squared-ReLU backward on a 2:4 pattern: grad * 2*sqrt(y2) at the kept positions, from the
+  // compressed Y2 = relu(Y1)^2 (its values and indices): values (M, K/2).
+  m.def("sparse24_apply_relu2_backward(Tensor grad, Tensor y2_values, Tensor indices) -> Tensor");
+  // Exact decompression: (M, K) with zeros at the dropped positions.
+  m.def("sparse24_to_dense(Tensor values, Tensor indices) -> Tensor");
+  // A @ b (+ bias) for a 2:4 A (M, K) given as values/indices and a dense b (K, N); fp32
+  // accumulation; result (M, N) in out_dtype (default: A's dtype).
+  m.def("sparse24_mm(Tensor values, Tensor indices, Tensor b, Tensor? bias=None,"
+        " ScalarType? out_dtype=None) -> Tensor");
+}

@@ -1,0 +1,81 @@
+// Plain parameter structs shared by the CPU and CUDA kernels. Kernels never see at::Tensor: the
+// glue in sparse24_ops.cpp validates, allocates, fills one of these and launches.
+//
+// Canonical 2:4 format of a dense (M, K) matrix A (K % 4 == 0), identical on every device:
+//
+//   dense row r:   | a0 a1 a2 a3 | a4 a5 a6 a7 | ...        group g = columns 4g .. 4g+3
+//   kept (e.g.):   |  .  x  .  y |  z  .  .  w |
+//   values[r]:     |  x     y    |  z     w    | ...        (M, K/2), kept values in index order
+//   indices[r]:    |  1     3    |  0     3    | ...        (M, K/2) uint8 in 0..3, increasing
+//
+// values[r, 2g + s] = A[r, 4g + indices[r, 2g + s]]   for s in {0, 1}.
+#pragma once
+#include <cstdint>
+
+namespace sp24 {
+
+enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+
+// Row-wise 2:4 of x (M, K), optionally of relu(x)^2, optionally counting non-zeros per column
+// of the (activated) input before sparsification.
+struct Sparsify24Params {
+  const void* x = nullptr;
+  int64_t x_row_stride = 0;  // elements; the column stride is 1
+  void* values = nullptr;    // (M, K/2) contiguous
+  uint8_t* indices = nullptr;  // (M, K/2) contiguous
+  int32_t* counts = nullptr;   // (K,) zero-initialised, or nullptr
+  int64_t M = 0, K = 0;
+  int algo = 0;
+  bool relu2 = false;
+  DType dtype = DType::kFloat32;
+};
+
+// 2:4 along the rows (tokens) of x (T, N), for the columns `columns` (C of them, any order) or all
+// N: the result represents x[:, columns].T, of dense shape (C, T).
+struct Sparsify24TransposedParams {
+  const void* x = nullptr;
+  int64_t x_row_stride = 0;
+  const int64_t* columns = nullptr;  // (C,) or nullptr for all columns
+  void* values = nullptr;            // (C, T/2) contiguous
+  uint8_t* indices = nullptr;        // (C, T/2) contiguous
+  int64_t T = 0, N = 0, C = 0;
+  int algo = 0;
+  DType dtype = DType::kFloat32;
+};
+
+// values = x at the positions of a given pattern; with relu2_backward, the Squared-ReLU backward
+// dY1 = dY2 * 2*sqrt(Y2) on the kept positions, from the compressed Y2 (y2_values).
+struct Apply24Params {
+  const void* x = nullptr;  // (M, K), column stride 1
+  int64_t x_row_stride = 0;
+  const void* y2_values = nullptr;  // (M, K/2) contiguous, only for relu2_backward
+  const uint8_t* indices = nullptr;  // (M, K/2) contiguous
+  void* values = nullptr;            // (M, K/2) contiguous
+  int64_t M = 0, K = 0;
+  bool relu2_backward = false;
+  DType dtype = DType::kFloat32;
+};
+
+struct ToDense24Params {
+  const void* values = nullptr;      // (M, K/2) contiguous
+  const uint8_t* indices = nullptr;  // (M, K/2) contiguous
+  void* out = nullptr;               // (M, K) contiguous
+  int64_t M = 0, K = 0;
+  DType dtype = DType::kFloat32;
+};
+
+// CPU kernels (csrc/cpu/sparse24_cpu.cpp).
+void sparsify24_cpu(const Sparsify24Params& p);
+void sparsify24_transposed_cpu(const Sparsify24TransposedParams& p);
+void apply24_cpu(const Apply24Params& p);
+void to_dense24_cpu(const ToDense24Params& p);
+
+#ifdef SP24_WITH_CUDA
+// CUDA kernels (csrc/cuda/sparse24_cuda.cu); `stream` is a cudaStream_t.
+void sparsify24_cuda(const Sparsify24Params& p, void* stream);
+void sparsify24_transposed_cuda(const Sparsify24TransposedParams& p, void* stream);
+void apply24_cuda(const Apply24Params& p, void* stream);
+void to_dense24_cuda(const ToDense24Params& p, void* stream);
+#endif
+
+}  // namespace sp24

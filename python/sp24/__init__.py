@@ -1,0 +1,47 @@
+"""sp24: 2:4 activation sparsity for Squared-ReLU transformer FFNs.
+
+Public API (DESIGN.md section 2): sparsify24, sparsify24_transposed, Sp24Tensor, mm, stats,
+build_info; the pure-PyTorch oracle is sp24.reference.
+"""
+
+import torch  # noqa: F401  (must precede the native module: it provides libtorch)
+
+try:
+    from . import _build_config
+except ImportError as e:  # pragma: no cover - only without a build
+    raise ImportError(
+        "sp24: the native extension is not built. From the repository root run:\n"
+        "    pip install --no-build-isolation -e .\n"
+        f"({e})"
+    ) from e
+
+if _build_config.TORCH_VERSION != torch.__version__:
+    raise ImportError(
+        f"sp24 was built against torch {_build_config.TORCH_VERSION} but torch {torch.__version__} is "
+        "installed; the native extension must be rebuilt against this torch:\n"
+        "    pip install --no-build-isolation --force-reinstall --no-deps -e ."
+    )
+
+try:
+    from . import _C
+except ImportError as e:  # pragma: no cover
+    raise ImportError(
+        f"sp24: cannot load the native extension ({e}). Rebuild it against the installed torch "
+        f"{torch.__version__}:\n    pip install --no-build-isolation --force-reinstall --no-deps -e ."
+    ) from e
+
+from . import reference  # noqa: E402
+from .api import build_info, mm, sparsify24, sparsify24_transposed, stats  # noqa: E402
+from .tensor import Sp24Tensor  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Sp24Tensor",
+    "build_info",
+    "mm",
+    "reference",
+    "sparsify24",
+    "sparsify24_transposed",
+    "stats",
+]

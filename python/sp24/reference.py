@@ -1,0 +1,129 @@
+"""The pure-PyTorch oracle: the semantics of every sp24 op, stated once.
+
+Slow and obvious on purpose. Every kernel (CPU and CUDA) is tested against these functions;
+masks, values (bit for bit) and indices must match exactly.
+
+2:4 selection (per group of 4 consecutive values along the last dim):
+  * keep the 2 that rank highest; "largest" ranks by value, "largest_abs" by magnitude;
+  * NaN ranks above every number (NaNs tie with each other); -0.0 == 0.0;
+  * ties: the lower index wins.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+_INT_VIEW = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
+
+
+def relu2(x: Tensor) -> Tensor:
+    """Squared-ReLU computed in fp32 and rounded once to x's dtype (NaN propagates)."""
+    return torch.relu(x.float()).square().to(x.dtype)
+
+
+def select_mask(x: Tensor, algo: str = "largest") -> Tensor:
+    """Boolean (M, K) mask of the kept positions of the row-wise 2:4 selection of x (M, K)."""
+    M, K = x.shape
+    keys = x.float().reshape(M, K // 4, 4)
+    if algo == "largest_abs":
+        keys = keys.abs()
+    elif algo != "largest":
+        raise ValueError(f"algo must be 'largest' or 'largest_abs', got {algo!r}")
+    nan = keys.isnan()
+    kj, ki = keys.unsqueeze(-1), keys.unsqueeze(-2)  # [..., j, i]
+    nj, ni = nan.unsqueeze(-1), nan.unsqueeze(-2)
+    pos = torch.arange(4, device=x.device)
+    j_before_i = pos.view(4, 1) < pos.view(1, 4)
+    above = (nj & ~ni) | (~nj & ~ni & (kj > ki)) | (((nj & ni) | (kj == ki)) & j_before_i)
+    above &= ~torch.eye(4, dtype=torch.bool, device=x.device)
+    return (above.sum(dim=-2) < 2).reshape(M, K)
+
+
+def mask_to_indices(mask: Tensor) -> Tensor:
+    """(M, K) 2:4 mask -> (M, K/2) uint8 indices within each group of 4, increasing."""
+    M, K = mask.shape
+    g = mask.reshape(M, K // 4, 4)
+    pos = torch.arange(4, device=mask.device, dtype=torch.int64)
+    # kept positions sort first, in index order
+    order = torch.argsort((~g).to(torch.int64) * 4 + pos, dim=-1)[..., :2]
+    return order.reshape(M, K // 2).to(torch.uint8)
+
+
+def indices_to_mask(indices: Tensor) -> Tensor:
+    """(M, K/2) uint8 indices -> (M, K) bool mask."""
+    M, H = indices.shape
+    cols = _columns(indices)
+    mask = torch.zeros(M, 2 * H, dtype=torch.bool, device=indices.device)
+    return mask.scatter_(1, cols, True)
+
+
+def _columns(indices: Tensor) -> Tensor:
+    H = indices.shape[1]
+    group = torch.arange(H, device=indices.device) // 2
+    return group * 4 + indices.to(torch.int64)
+
+
+def _gather_bits(x: Tensor, cols: Tensor) -> Tensor:
+    # gather on an integer view: CPU gather may rewrite the bits of a bf16 NaN
+    iv = _INT_VIEW[x.dtype]
+    return torch.gather(x.contiguous().view(iv), 1, cols).view(x.dtype)
+
+
+def sparsify24(x: Tensor, algo: str = "largest", activation: Optional[str] = None,
+               with_counts: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """Row-wise 2:4 of x (M, K) -> (values (M, K/2), indices (M, K/2) uint8, counts)."""
+    if activation == "relu2":
+        x = relu2(x)
+    elif activation is not None:
+        raise ValueError(f"activation must be None or 'relu2', got {activation!r}")
+    indices = mask_to_indices(select_mask(x, algo))
+    values = _gather_bits(x, _columns(indices))
+    if with_counts:
+        counts = (x != 0).sum(dim=0, dtype=torch.int32)  # NaN != 0: counts as non-zero
+    else:
+        counts = torch.empty(0, dtype=torch.int32, device=x.device)
+    return values, indices, counts
+
+
+def sparsify24_transposed(x: Tensor, algo: str = "largest_abs",
+                          columns: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    """2:4 of x[:, columns].T (or x.T) along its last dim, i.e. along the rows of x."""
+    xt = (x if columns is None else x[:, columns]).t().contiguous()
+    values, indices, _ = sparsify24(xt, algo)
+    return values, indices
+
+
+def apply(x: Tensor, indices: Tensor) -> Tensor:
+    """Values of x (M, K) at the positions of a 2:4 pattern."""
+    return _gather_bits(x, _columns(indices))
+
+
+def apply_relu2_backward(grad: Tensor, y2_values: Tensor, indices: Tensor) -> Tensor:
+    """dY1 = dY2 * 2*relu(Y1) on the kept positions, with relu(Y1) = sqrt(Y2), in fp32."""
+    g = apply(grad, indices).float()
+    return (g * (2.0 * y2_values.float().sqrt())).to(grad.dtype)
+
+
+def to_dense(values: Tensor, indices: Tensor) -> Tensor:
+    M, H = values.shape
+    iv = _INT_VIEW[values.dtype]
+    out = torch.zeros(M, 2 * H, dtype=iv, device=values.device)
+    return out.scatter_(1, _columns(indices), values.contiguous().view(iv)).view(values.dtype)
+
+
+def mm(values: Tensor, indices: Tensor, b: Tensor, bias: Optional[Tensor] = None,
+       out_dtype: Optional[torch.dtype] = None) -> Tensor:
+    """A @ b (+ bias) for a 2:4 A, fp32 accumulation, one rounding to out_dtype."""
+    out = to_dense(values, indices).float() @ b.float()
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(out_dtype or values.dtype)
+
+
+def sparsify24_dense(x: Tensor, algo: str = "largest", activation: Optional[str] = None) -> Tensor:
+    """Dense (M, K) result of the row-wise 2:4 sparsification (dropped values are 0)."""
+    values, indices, _ = sparsify24(x, algo, activation)
+    return to_dense(values, indices)

@@ -1,0 +1,90 @@
+"""Sp24Tensor: a 2:4 sparse matrix of dense shape (M, K), stored as values + indices."""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+from torch import Tensor
+
+from . import _ops
+from .reference import indices_to_mask
+
+
+class Sp24Tensor:
+    """2:4 sparse (M, K) matrix: `values` (M, K/2) kept values in index order and `indices`
+    (M, K/2) uint8 positions 0..3, increasing within each group of 4. This canonical form is
+    identical on every device."""
+
+    __slots__ = ("_values", "_indices")
+
+    def __init__(self, values: Tensor, indices: Tensor):
+        if not isinstance(values, Tensor) or not isinstance(indices, Tensor):
+            raise TypeError("sp24.Sp24Tensor: values and indices must be tensors, got "
+                            f"{type(values).__name__} and {type(indices).__name__}")
+        if values.dim() != 2 or values.shape != indices.shape:
+            raise ValueError("sp24.Sp24Tensor: values and indices must be 2-D with the same shape (M, K/2), "
+                             f"got {tuple(values.shape)} and {tuple(indices.shape)}")
+        if indices.dtype != torch.uint8:
+            raise TypeError(f"sp24.Sp24Tensor: indices.dtype must be torch.uint8, got {indices.dtype}")
+        if values.device != indices.device:
+            raise ValueError("sp24.Sp24Tensor: values and indices must be on the same device, got "
+                             f"{values.device} and {indices.device}")
+        self._values = values.contiguous()
+        self._indices = indices.contiguous()
+
+    # -- shape & type -------------------------------------------------------------------------
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((self._values.shape[0], 2 * self._values.shape[1]))
+
+    def size(self, dim: Optional[int] = None):
+        return self.shape if dim is None else self.shape[dim]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._values.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._values.device
+
+    # -- canonical form -----------------------------------------------------------------------
+    def values(self) -> Tensor:
+        return self._values
+
+    def indices(self) -> Tensor:
+        return self._indices
+
+    def to_dense(self) -> Tensor:
+        return _ops.to_dense(self._values, self._indices)
+
+    def mask(self) -> Tensor:
+        return indices_to_mask(self._indices)
+
+    def to(self, device: Union[str, torch.device, None] = None, dtype: Optional[torch.dtype] = None,
+           non_blocking: bool = False) -> "Sp24Tensor":
+        """Move (and/or cast the kept values); the pattern is unchanged."""
+        v = self._values.to(device=device, dtype=dtype, non_blocking=non_blocking)
+        i = self._indices.to(device=device, non_blocking=non_blocking)
+        return Sp24Tensor(v, i)
+
+    def cpu(self) -> "Sp24Tensor":
+        return self.to("cpu")
+
+    def cuda(self, device=None) -> "Sp24Tensor":
+        return self.to(torch.device("cuda") if device is None else torch.device("cuda", device)
+                       if isinstance(device, int) else device)
+
+    # -- products -----------------------------------------------------------------------------
+    def __matmul__(self, b: Tensor) -> Tensor:
+        from .api import mm
+
+        return mm(self, b)
+
+    def __rmatmul__(self, a):
+        raise TypeError("sp24.Sp24Tensor: dense @ Sp24Tensor is not supported; the 2:4 operand must be on "
+                        "the left (use (b.T @ ...) or sp24.sparsify24 on the other operand)")
+
+    def __repr__(self) -> str:
+        return (f"Sp24Tensor(shape={tuple(self.shape)}, dtype={self.dtype}, device={self.device})")
