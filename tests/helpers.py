@@ -1,0 +1,96 @@
+"""Shared test helpers: devices, dtypes, seeded input generators, bit-exact comparisons."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import sp24
+from sp24 import _ops
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+INT_VIEW = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
+
+
+def cuda_ready() -> bool:
+    return torch.cuda.is_available() and _ops.has_kernel("sparsify24", "CUDA")
+
+
+def _cuda_skip_reason() -> str:
+    if not torch.cuda.is_available():
+        return "no CUDA device on this machine"
+    return "sp24 was built without CUDA kernels (CPU torch or SP24_CUDA=OFF)"
+
+
+requires_cuda = pytest.mark.skipif(not cuda_ready(), reason=_cuda_skip_reason())
+
+DEVICES = ["cpu", pytest.param("cuda", marks=[requires_cuda, pytest.mark.gpu])]
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def tie_free(M: int, K: int, dtype: torch.dtype, seed: int, device="cpu", nonneg: bool = False) -> torch.Tensor:
+    """(M, K) values whose magnitudes are distinct inside every group of 4 (so neither 'largest' nor
+    'largest_abs' meets a tie). Values are multiples of 1/8 below 16: exact in every dtype."""
+    g = gen(seed)
+    G = M * K // 4
+    mags = torch.rand(G, 120, generator=g).argsort(dim=1)[:, :4] + 1  # 4 distinct of 1..120
+    signs = torch.ones(G, 4) if nonneg else torch.where(torch.rand(G, 4, generator=g) < 0.5, -1.0, 1.0)
+    x = (mags.float() / 8.0 * signs).reshape(M, K)
+    return x.to(dtype).to(device)
+
+
+def tie_heavy(M: int, K: int, dtype: torch.dtype, seed: int, device="cpu") -> torch.Tensor:
+    """(M, K) values drawn from a tiny set including +0.0 and -0.0: ties everywhere."""
+    g = gen(seed)
+    pool = torch.tensor([-1.0, -0.0, 0.0, 0.0, 1.0, 2.0, 2.0])
+    x = pool[torch.randint(0, len(pool), (M, K), generator=g)]
+    return x.to(dtype).to(device)
+
+
+def randn(M: int, K: int, dtype: torch.dtype, seed: int, device="cpu") -> torch.Tensor:
+    return torch.randn(M, K, generator=gen(seed)).to(dtype).to(device)
+
+
+def special(M: int, K: int, dtype: torch.dtype, seed: int, device="cpu") -> torch.Tensor:
+    """Random values sprinkled with NaN, +-Inf and -0.0."""
+    g = gen(seed)
+    x = torch.randn(M, K, generator=g)
+    r = torch.rand(M, K, generator=g)
+    x[r < 0.08] = float("nan")
+    x[(r >= 0.08) & (r < 0.14)] = float("inf")
+    x[(r >= 0.14) & (r < 0.20)] = float("-inf")
+    x[(r >= 0.20) & (r < 0.30)] = -0.0
+    return x.to(dtype).to(device)
+
+
+def assert_bits_equal(actual: torch.Tensor, expected: torch.Tensor, what: str = "") -> None:
+    """Exact equality of the bits; NaNs must be at the same positions (their payload may differ
+    only where an arithmetic op produced them)."""
+    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    a, e = actual.detach().cpu(), expected.detach().cpu()
+    if not a.is_floating_point():
+        assert torch.equal(a, e), f"{what}: tensors differ"
+        return
+    an, en = a.isnan(), e.isnan()
+    assert torch.equal(an, en), f"{what}: NaN positions differ"
+    iv = INT_VIEW[a.dtype]
+    ai = a.contiguous().view(iv)[~an]
+    ei = e.contiguous().view(iv)[~en]
+    bad = (ai != ei).nonzero()
+    assert bad.numel() == 0, f"{what}: {bad.numel()} elements differ in their bits"
+
+
+def assert_2to4_invariants(indices: torch.Tensor) -> None:
+    """Indices are in 0..3 and strictly increasing within each group."""
+    i = indices.cpu().to(torch.int64)
+    assert int(i.max(initial=0)) <= 3 if i.numel() else True
+    pairs = i.reshape(i.shape[0], -1, 2)
+    assert bool((pairs[..., 0] < pairs[..., 1]).all()), "indices are not strictly increasing within a group"
+
+
+__all__ = ["sp24", "DTYPES", "DEVICES", "requires_cuda", "cuda_ready", "tie_free", "tie_heavy", "randn",
+           "special", "assert_bits_equal", "assert_2to4_invariants", "gen"]
