@@ -87,7 +87,9 @@ def assert_bits_equal(actual: torch.Tensor, expected: torch.Tensor, what: str = 
 def assert_2to4_invariants(indices: torch.Tensor) -> None:
     """Indices are in 0..3 and strictly increasing within each group."""
     i = indices.cpu().to(torch.int64)
-    assert int(i.max(initial=0)) <= 3 if i.numel() else True
+    if i.numel() == 0:
+        return
+    assert int(i.max()) <= 3, f"index out of range: {int(i.max())}"
     pairs = i.reshape(i.shape[0], -1, 2)
     assert bool((pairs[..., 0] < pairs[..., 1]).all()), "indices are not strictly increasing within a group"
 

@@ -48,7 +48,7 @@ inline void check_float_dtype(const char* op, const char* name, const at::Tensor
 
 // Rows may be strided (a slice of a wider matrix), elements within a row must be adjacent.
 inline void check_unit_col_stride(const char* op, const char* name, const at::Tensor& t) {
-  SP24_CHECK(t.sym_size(1) <= 1 || t.sym_stride(1) == 1, op, ": ", name,
+  SP24_CHECK(t.sym_numel() == 0 || t.sym_size(1) <= 1 || t.sym_stride(1) == 1, op, ": ", name,
              " must have stride 1 along its last dim, got strides ", t.sym_strides(), "; call ", name,
              ".contiguous() first");
 }
