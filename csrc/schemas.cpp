@@ -22,4 +22,10 @@ TORCH_LIBRARY(sp24, m) {
   // accumulation; result (M, N) in out_dtype (default: A's dtype).
   m.def("sparse24_mm(Tensor values, Tensor indices, Tensor b, Tensor? bias=None,"
         " ScalarType? out_dtype=None) -> Tensor");
+  // GEMM-ready buffer of a 2:4 A (M, K) (fp16/bf16, M and K multiples of 16): 1-D uint8, device-
+  // specific (cuSPARSELt's layout on CUDA, sp24's packing on CPU), M*K/2*elem + M*K/8 bytes.
+  m.def("sparse24_cslt_compress(Tensor values, Tensor indices) -> Tensor");
+  // A @ b (+ bias) from that buffer: (m, N), or its transpose (N, m) when transpose_result.
+  m.def("sparse24_cslt_mm(Tensor compressed, SymInt m, SymInt k, Tensor b, Tensor? bias=None,"
+        " ScalarType? out_dtype=None, bool transpose_result=False) -> Tensor");
 }

@@ -8,6 +8,8 @@
 #ifdef SP24_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
+
+#include "cusparselt/cslt.h"
 #endif
 
 #include "sp24/checks.h"
@@ -120,6 +122,14 @@ std::tuple<at::Tensor, at::Tensor> sparsify24_transposed(const at::Tensor& x, c1
 #ifdef SP24_WITH_CUDA
     if constexpr (B == Backend::kCUDA) {
       c10::cuda::CUDAGuard guard(x.device());
+      // Column -> output-row map for the column subset (stream-ordered: freeing it after the
+      // launch is safe with the caching allocator).
+      at::Tensor ws;
+      if (columns.has_value()) {
+        SP24_CHECK(p.N > 0, op, ": columns must lie in [0, 0) for x of shape ", x.sizes(), ", got ", p.C, " columns");
+        ws = at::empty({p.N}, x.options().dtype(at::kInt));
+        p.workspace = ws.data_ptr<int32_t>();
+      }
       sparsify24_transposed_cuda(p, current_stream());
     }
 #endif
@@ -233,7 +243,32 @@ at::Tensor sparse24_mm(const at::Tensor& values, const at::Tensor& indices, cons
              dtype_name(odt));
   if constexpr (B == Backend::kMeta) {
     return at::empty_symint({values.sym_size(0), N}, values.options().dtype(odt));
-  } else {
+  }
+#ifdef SP24_WITH_CUDA
+  if constexpr (B == Backend::kCUDA) {
+    c10::cuda::CUDAGuard guard(values.device());
+    const int64_t M = values.size(0), Kc = values.size(1) * 2, Nc = b.size(1);
+    const auto dt = values.scalar_type();
+    auto a = sparse24_to_dense<B>(values, indices);
+    std::string why = cslt::static_unsupported_reason(M, Kc, Nc, dt, odt);
+    if (why.empty()) {
+      auto r = cslt::try_mm(op, cslt::compress(op, a, false), M, Kc, b, bias, odt, false, &why);
+      if (r.has_value()) return *r;
+    }
+    if (M > 0 && Kc > 0 && Nc > 0) {
+      TORCH_WARN_ONCE(op, ": cuSPARSELt cannot serve this problem (", why,
+                      "); using a dense GEMM on the decompressed operand instead (same result, no 2:4 speed-up)");
+    }
+    // Dense fallback with the same numerics: fp32 accumulation, bias added before one rounding.
+    if (odt == dt && dt != at::kFloat) {
+      return bias.has_value() ? at::addmm(*bias, a, b) : at::mm(a, b);
+    }
+    auto out = at::mm(a.to(at::kFloat), b.to(at::kFloat));
+    if (bias.has_value()) out.add_(bias->to(at::kFloat));
+    return out.to(odt);
+  }
+#endif
+  if constexpr (B != Backend::kMeta) {
     // Reference-grade path (decompress, fp32 GEMM, one rounding). The cuSPARSELt path replaces it
     // on CUDA where it is available.
     auto a = sparse24_to_dense<B>(values, indices).to(at::kFloat);
@@ -241,6 +276,123 @@ at::Tensor sparse24_mm(const at::Tensor& values, const at::Tensor& indices, cons
     if (bias.has_value()) out.add_(bias->to(at::kFloat));
     return out.to(odt);
   }
+}
+
+
+// ---- issue #3: reusable GEMM-ready buffer (sparse24_cslt_compress / sparse24_cslt_mm) -------------
+// The buffer is device-specific and opaque: on CUDA it is cuSPARSELt's compressed layout; on CPU
+// (reference-grade) it is sp24's own packing of the same size (sp24.reference.cslt_pack):
+//
+//   [ values (M, K/2) as raw bytes | metadata (M, K/8) bytes | zeros up to cslt_bytes(M, K) ]
+//   metadata byte j of row r = nib(2j) | nib(2j+1) << 4,  nib(g) = idx[r, 2g] | idx[r, 2g+1] << 2
+//
+// Only sparse24_cslt_mm on the same device reads it back. Size: csrc/cusparselt/cslt.h
+// compressed_bytes (metadata room for M and K rounded up to 128, for cuSPARSELt's tile padding).
+template <typename I>
+I cslt_bytes(const I& M, const I& K, int64_t es) {
+  return M * (K / 2) * es + ((M + 127) / 128 * 128) * ((K + 127) / 128 * 128) / 8;
+}
+
+void check_cslt_dims(const char* op, const c10::SymInt& M, const c10::SymInt& K) {
+  SP24_CHECK(M % 16 == 0 && K % 16 == 0, op, ": the 2:4 operand's dims (M, K) must be multiples of 16 for ",
+             "cuSPARSELt, got (", M, ", ", K, "); pad them with zeros, or use sp24.mm / sparse24_mm, which falls back ",
+             "to a dense GEMM");
+}
+
+void check_cslt_dtype(const char* op, const char* name, at::ScalarType t) {
+  TORCH_CHECK_TYPE(t == at::kHalf || t == at::kBFloat16, op, ": ", name,
+                   ".dtype must be torch.float16 or torch.bfloat16 (cuSPARSELt's float32 mode is 1:2, not 2:4), got ",
+                   dtype_name(t), "; use sp24.mm / sparse24_mm for float32");
+}
+
+template <Backend B>
+at::Tensor sparse24_cslt_compress(const at::Tensor& values, const at::Tensor& indices) {
+  const char* op = "sp24.sparse24_cslt_compress";
+  check_indices(op, indices);
+  check_values(op, "values", values, indices);
+  check_same_device(op, "values", values, "indices", indices);
+  check_cslt_dtype(op, "values", values.scalar_type());
+  const auto M = values.sym_size(0), K = values.sym_size(1) * 2;
+  check_cslt_dims(op, M, K);
+  const auto es = static_cast<int64_t>(c10::elementSize(values.scalar_type()));
+  if constexpr (B == Backend::kMeta) {
+    return at::empty_symint({cslt_bytes(M, K, es)}, values.options().dtype(at::kByte));
+  }
+#ifdef SP24_WITH_CUDA
+  if constexpr (B == Backend::kCUDA) {
+    c10::cuda::CUDAGuard guard(values.device());
+    if (values.numel() == 0) return at::zeros({0}, values.options().dtype(at::kByte));
+    return cslt::compress(op, sparse24_to_dense<B>(values, indices), true);
+  }
+#endif
+  const int64_t Mi = values.size(0);
+  auto idx = indices.view({Mi, -1, 2});
+  auto nib = at::bitwise_or(idx.select(2, 0), at::bitwise_left_shift(idx.select(2, 1), 2)).view({Mi, -1, 2});
+  auto meta = at::bitwise_or(nib.select(2, 0), at::bitwise_left_shift(nib.select(2, 1), 4));
+  const int64_t used = values.numel() * es + meta.numel();
+  return at::cat({values.contiguous().view(at::kByte).reshape({-1}), meta.reshape({-1}),
+                  at::zeros({cslt_bytes(Mi, values.size(1) * 2, es) - used}, values.options().dtype(at::kByte))});
+}
+
+template <Backend B>
+at::Tensor sparse24_cslt_mm(const at::Tensor& compressed, c10::SymInt m, c10::SymInt k, const at::Tensor& b,
+                            const std::optional<at::Tensor>& bias, std::optional<at::ScalarType> out_dtype,
+                            bool transpose_result) {
+  const char* op = "sp24.sparse24_cslt_mm";
+  SP24_CHECK(compressed.dim() == 1 && compressed.scalar_type() == at::kByte && compressed.is_contiguous(), op,
+             ": compressed must be the 1-D contiguous uint8 buffer returned by sp24.sparse24_cslt_compress, got a ",
+             compressed.dim(), "-D ", dtype_name(compressed.scalar_type()), " tensor");
+  check_matrix(op, "b", b);
+  check_same_device(op, "compressed", compressed, "b", b);
+  check_cslt_dtype(op, "b", b.scalar_type());
+  check_cslt_dims(op, m, k);
+  SP24_CHECK(b.sym_size(0) == k, op, ": shapes do not match for A @ b: A is (", m, ", ", k, ") and b is ", b.sym_sizes(),
+             "; b.size(0) must be ", k);
+  const auto N = b.sym_size(1);
+  SP24_CHECK(N % 16 == 0, op, ": b.size(1) must be a multiple of 16 for cuSPARSELt, got ", N,
+             "; pad b with zero columns, or use sp24.mm / sparse24_mm");
+  const auto es = static_cast<int64_t>(c10::elementSize(b.scalar_type()));
+  const auto want = cslt_bytes(m, k, es);
+  SP24_CHECK(compressed.sym_size(0) == want, op, ": compressed has ", compressed.sym_size(0), " bytes but a (", m, ", ",
+             k, ") ", dtype_name(b.scalar_type()), " 2:4 matrix compresses to ", want,
+             " bytes; pass the m, k and dtype it was compressed with");
+  if (bias.has_value()) {
+    SP24_CHECK(bias->dim() == 1 && bias->sym_size(0) == N, op, ": bias must have shape (", N, ",), got ", bias->sym_sizes());
+    SP24_CHECK(bias->scalar_type() == b.scalar_type(), op, ": bias.dtype must equal b.dtype (", dtype_name(b.scalar_type()),
+               "), got ", dtype_name(bias->scalar_type()));
+    check_same_device(op, "b", b, "bias", *bias);
+  }
+  const auto odt = out_dtype.value_or(b.scalar_type());
+  SP24_CHECK(odt == b.scalar_type() || odt == at::kFloat, op, ": out_dtype must be b.dtype (", dtype_name(b.scalar_type()),
+             ") or torch.float32, got ", dtype_name(odt));
+  if constexpr (B == Backend::kMeta) {
+    return transpose_result ? at::empty_symint({N, m}, b.options().dtype(odt))
+                            : at::empty_symint({m, N}, b.options().dtype(odt));
+  }
+  const int64_t Mi = m.expect_int(), Ki = k.expect_int(), Ni = b.size(1);
+#ifdef SP24_WITH_CUDA
+  if constexpr (B == Backend::kCUDA) {
+    c10::cuda::CUDAGuard guard(b.device());
+    if (Mi == 0 || Ki == 0 || Ni == 0) {
+      auto z = transpose_result ? at::zeros({Ni, Mi}, b.options().dtype(odt)) : at::zeros({Mi, Ni}, b.options().dtype(odt));
+      if (bias.has_value()) z.add_(transpose_result ? bias->view({Ni, 1}) : bias->view({1, Ni}));
+      return z;
+    }
+    std::string why;
+    auto r = cslt::try_mm(op, compressed, Mi, Ki, b, bias, odt, transpose_result, &why);
+    SP24_CHECK(r.has_value(), op, ": cuSPARSELt ", cslt::version(), " cannot serve this problem: ", why,
+               "; use sp24.mm / sparse24_mm, which falls back to a dense GEMM");
+    return *r;
+  }
+#endif
+  // CPU: unpack sp24's packing, then the reference-grade sparse24_mm.
+  const int64_t nv = Mi * (Ki / 2) * es;
+  auto values = compressed.slice(0, 0, nv).view(b.scalar_type()).view({Mi, Ki / 2});
+  auto meta = compressed.slice(0, nv, nv + Mi * Ki / 8).view({Mi, Ki / 8});
+  auto nib = at::stack({at::bitwise_and(meta, 15), at::bitwise_right_shift(meta, 4)}, 2).view({Mi, Ki / 4});
+  auto indices = at::stack({at::bitwise_and(nib, 3), at::bitwise_right_shift(nib, 2)}, 2).view({Mi, Ki / 2});
+  auto out = sparse24_mm<B>(values.contiguous(), indices.contiguous(), b, bias, odt);
+  return transpose_result ? out.t().contiguous() : out;
 }
 
 }  // namespace
@@ -251,7 +403,9 @@ at::Tensor sparse24_mm(const at::Tensor& values, const at::Tensor& indices, cons
   m.impl("sparse24_apply", &sparse24_apply<B>);                                     \
   m.impl("sparse24_apply_relu2_backward", &sparse24_apply_relu2_backward<B>);       \
   m.impl("sparse24_to_dense", &sparse24_to_dense<B>);                               \
-  m.impl("sparse24_mm", &sparse24_mm<B>);
+  m.impl("sparse24_mm", &sparse24_mm<B>);                                           \
+  m.impl("sparse24_cslt_compress", &sparse24_cslt_compress<B>);                     \
+  m.impl("sparse24_cslt_mm", &sparse24_cslt_mm<B>);
 
 TORCH_LIBRARY_IMPL(sp24, CPU, m) { SP24_REGISTER_ALL(Backend::kCPU) }
 TORCH_LIBRARY_IMPL(sp24, Meta, m) { SP24_REGISTER_ALL(Backend::kMeta) }

@@ -41,6 +41,9 @@ struct Sparsify24TransposedParams {
   int64_t T = 0, N = 0, C = 0;
   int algo = 0;
   DType dtype = DType::kFloat32;
+  // CUDA only (issue #3): (N,) int32 scratch for the column -> output-row map when `columns` is
+  // given; allocated by the glue from torch's caching allocator.
+  int32_t* workspace = nullptr;
 };
 
 // values = x at the positions of a given pattern; with relu2_backward, the Squared-ReLU backward

@@ -54,3 +54,22 @@ OP_NAMES = (
 def has_kernel(op: str, dispatch_key: str) -> bool:
     """Whether torch.ops.sp24.<op> has a kernel for a dispatch key ("CPU", "CUDA", "Meta")."""
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"sp24::{op}", dispatch_key)
+
+
+# ---- issue #3: reusable GEMM-ready 2:4 buffer (cuSPARSELt layout on CUDA) ------------------------
+def cslt_compress(values: Tensor, indices: Tensor) -> Tensor:
+    """GEMM-ready buffer of a 2:4 A (M, K): 1-D uint8, device-specific and opaque (cuSPARSELt's
+    compressed layout on CUDA, sp24's packing `reference.cslt_pack` on CPU). fp16/bf16, M and K
+    multiples of 16. Compress once, then time or reuse the GEMM alone with `cslt_mm`."""
+    return _ops.sparse24_cslt_compress(values, indices)
+
+
+def cslt_mm(compressed: Tensor, m: int, k: int, b: Tensor, bias: Optional[Tensor] = None,
+            out_dtype: Optional[torch.dtype] = None, transpose_result: bool = False) -> Tensor:
+    """A @ b (+ bias) with A (m, k) given by `cslt_compress`; (m, N), or (N, m) = (A @ b).T written
+    directly when transpose_result (e.g. dW2 = dY3.T @ Y2 from sparse Y2.T (F, T) @ dY3 (T, d)).
+    b may be row-major or column-major (w.t()); N must be a multiple of 16."""
+    return _ops.sparse24_cslt_mm(compressed, m, k, b, bias, out_dtype, transpose_result)
+
+
+OP_NAMES = OP_NAMES + ("sparse24_cslt_compress", "sparse24_cslt_mm")

@@ -127,3 +127,28 @@ def sparsify24_dense(x: Tensor, algo: str = "largest", activation: Optional[str]
     """Dense (M, K) result of the row-wise 2:4 sparsification (dropped values are 0)."""
     values, indices, _ = sparsify24(x, algo, activation)
     return to_dense(values, indices)
+
+
+# ---- issue #3: oracle of the CPU GEMM-ready buffer (sparse24_cslt_compress on CPU) ---------------
+def cslt_pack(values: Tensor, indices: Tensor) -> Tensor:
+    """sp24's CPU packing of a 2:4 A (M, K): [values as raw bytes | metadata (M, K/8) bytes | zeros]
+    (size: values + metadata for M and K rounded up to 128, room for cuSPARSELt's padding), where
+    metadata byte j of row r = nib(2j) | nib(2j+1) << 4 and nib(g) = idx[r, 2g] | idx[r, 2g+1] << 2.
+    (On CUDA the buffer is cuSPARSELt's own layout instead.)"""
+    M = values.shape[0]
+    idx = indices.to(torch.int32).reshape(M, -1, 2)
+    nib = (idx[..., 0] | (idx[..., 1] << 2)).reshape(M, -1, 2)
+    meta = (nib[..., 0] | (nib[..., 1] << 4)).to(torch.uint8)
+    K = 2 * values.shape[1]
+    size = M * K // 2 * values.element_size() + -(-M // 128) * 128 * (-(-K // 128) * 128) // 8
+    out = torch.zeros(size, dtype=torch.uint8, device=values.device)
+    packed = torch.cat([values.contiguous().view(torch.uint8).reshape(-1), meta.reshape(-1)])
+    out[: packed.numel()] = packed
+    return out
+
+
+def cslt_mm(values: Tensor, indices: Tensor, b: Tensor, bias: Optional[Tensor] = None,
+            out_dtype: Optional[torch.dtype] = None, transpose_result: bool = False) -> Tensor:
+    """What sparse24_cslt_mm(sparse24_cslt_compress(values, indices), ...) computes."""
+    out = mm(values, indices, b, bias, out_dtype)
+    return out.t().contiguous() if transpose_result else out

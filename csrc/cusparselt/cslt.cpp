@@ -1,0 +1,367 @@
+// cuSPARSELt wrapper (see cslt.h for the design).
+#include "cusparselt/cslt.h"
+
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/util/Exception.h>
+#include <cusparseLt.h>
+
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <sstream>
+#include <tuple>
+#include <unordered_map>
+
+namespace sp24 {
+namespace cslt {
+namespace {
+
+const char* status_name(cusparseStatus_t s) {
+  const char* n = cusparseLtGetErrorName(s);
+  return n ? n : "unknown status";
+}
+
+#define SP24_CSLT(op, expr)                                                                                 \
+  do {                                                                                                      \
+    const cusparseStatus_t _st = (expr);                                                                    \
+    TORCH_CHECK(_st == CUSPARSE_STATUS_SUCCESS, op, ": cuSPARSELt call ", #expr, " failed with ",             \
+                status_name(_st), " (", cusparseLtGetErrorString(_st), ")");                              \
+  } while (0)
+
+// Statuses with which cuSPARSELt says "this problem is not for me" (shape, dtype or layout).
+bool is_unsupported(cusparseStatus_t s) {
+  return s == CUSPARSE_STATUS_NOT_SUPPORTED || s == CUSPARSE_STATUS_INVALID_VALUE;
+}
+
+cudaDataType cuda_type(at::ScalarType t) {
+  switch (t) {
+    case at::kHalf: return CUDA_R_16F;
+    case at::kBFloat16: return CUDA_R_16BF;
+    default: return CUDA_R_32F;
+  }
+}
+
+// ---- handles: one per (thread, device) ----------------------------------------------------------
+// Deliberately never destroyed: thread_local destructors can run after the CUDA context is gone at
+// process exit; a handle is a few hundred bytes of host state.
+struct ThreadHandles {
+  std::unordered_map<int, cusparseLtHandle_t*> by_device;
+};
+
+cusparseLtHandle_t* handle_for(const char* op, int device) {
+  thread_local ThreadHandles th;
+  auto it = th.by_device.find(device);
+  if (it != th.by_device.end()) return it->second;
+  auto* h = new cusparseLtHandle_t;
+  SP24_CSLT(op, cusparseLtInit(h));
+  th.by_device.emplace(device, h);
+  return h;
+}
+
+// ---- plan cache (per thread: plans belong to a handle) -------------------------------------------
+struct PlanKey {
+  int device;
+  int64_t M, K, N, ldb, ldd;
+  int dt, out_dt;
+  bool b_col_major, d_col_major, with_c;
+  int alg_id;
+  auto tie() const {
+    return std::tie(device, M, K, N, ldb, ldd, dt, out_dt, b_col_major, d_col_major, with_c, alg_id);
+  }
+  bool operator<(const PlanKey& o) const { return tie() < o.tie(); }
+};
+
+// Heap-allocated so that the descriptors the plan refers to never move.
+struct Plan {
+  cusparseLtMatDescriptor_t a, b, c;
+  cusparseLtMatmulDescriptor_t mm;
+  cusparseLtMatmulAlgSelection_t alg;
+  cusparseLtMatmulPlan_t plan;
+  size_t workspace = 0;
+  bool ok = false;  // plan initialised; then a, b, c, alg and plan are alive until ~Plan
+  cusparseStatus_t why = CUSPARSE_STATUS_SUCCESS;  // when !ok: the unsupported status
+  std::string where;
+  ~Plan() {
+    if (ok) {
+      cusparseLtMatmulPlanDestroy(&plan);
+      cusparseLtMatmulAlgSelectionDestroy(&alg);
+      cusparseLtMatDescriptorDestroy(&a);
+      cusparseLtMatDescriptorDestroy(&b);
+      cusparseLtMatDescriptorDestroy(&c);
+    }
+  }
+};
+
+constexpr size_t kMaxPlans = 512;
+
+// Builds a plan; returns it with ok == false if cuSPARSELt reports the problem unsupported.
+std::unique_ptr<Plan> make_plan(const char* op, cusparseLtHandle_t* h, const PlanKey& k) {
+  auto p = std::make_unique<Plan>();
+  const auto dt = static_cast<at::ScalarType>(k.dt), odt = static_cast<at::ScalarType>(k.out_dt);
+  const uint32_t align = 16;
+  auto fail = [&](cusparseStatus_t s, const char* where) {
+    if (!is_unsupported(s)) {
+      TORCH_CHECK(false, op, ": cuSPARSELt ", where, " failed with ", status_name(s), " (",
+                  cusparseLtGetErrorString(s), ")");
+    }
+    p->why = s;
+    p->where = where;
+    return std::move(p);
+  };
+  cusparseStatus_t s;
+  s = cusparseLtStructuredDescriptorInit(h, &p->a, k.M, k.K, k.K, align, cuda_type(dt), CUSPARSE_ORDER_ROW,
+                                         CUSPARSELT_SPARSITY_50_PERCENT);
+  if (s != CUSPARSE_STATUS_SUCCESS) return fail(s, "cusparseLtStructuredDescriptorInit (A)");
+  // A column-major b (K, N) is passed as op(B) = T of the row-major (N, K) it is a view of, the
+  // form PyTorch's own cuSPARSELt ops use (aten/src/ATen/native/sparse/cuda/cuSPARSELtOps.cpp).
+  s = k.b_col_major ? cusparseLtDenseDescriptorInit(h, &p->b, k.N, k.K, k.ldb, align, cuda_type(dt), CUSPARSE_ORDER_ROW)
+                    : cusparseLtDenseDescriptorInit(h, &p->b, k.K, k.N, k.ldb, align, cuda_type(dt), CUSPARSE_ORDER_ROW);
+  if (s != CUSPARSE_STATUS_SUCCESS) {
+    cusparseLtMatDescriptorDestroy(&p->a);
+    return fail(s, "cusparseLtDenseDescriptorInit (B)");
+  }
+  s = cusparseLtDenseDescriptorInit(h, &p->c, k.M, k.N, k.ldd, align, cuda_type(odt),
+                                    k.d_col_major ? CUSPARSE_ORDER_COL : CUSPARSE_ORDER_ROW);
+  if (s != CUSPARSE_STATUS_SUCCESS) {
+    cusparseLtMatDescriptorDestroy(&p->a);
+    cusparseLtMatDescriptorDestroy(&p->b);
+    return fail(s, "cusparseLtDenseDescriptorInit (C/D)");
+  }
+  auto destroy_descs = [&]() {
+    cusparseLtMatDescriptorDestroy(&p->a);
+    cusparseLtMatDescriptorDestroy(&p->b);
+    cusparseLtMatDescriptorDestroy(&p->c);
+  };
+  s = cusparseLtMatmulDescriptorInit(h, &p->mm, CUSPARSE_OPERATION_NON_TRANSPOSE,
+                                     k.b_col_major ? CUSPARSE_OPERATION_TRANSPOSE : CUSPARSE_OPERATION_NON_TRANSPOSE,
+                                     &p->a, &p->b, &p->c, &p->c, CUSPARSE_COMPUTE_32F);
+  if (s != CUSPARSE_STATUS_SUCCESS) {
+    destroy_descs();
+    return fail(s, "cusparseLtMatmulDescriptorInit");
+  }
+  s = cusparseLtMatmulAlgSelectionInit(h, &p->alg, &p->mm, CUSPARSELT_MATMUL_ALG_DEFAULT);
+  if (s != CUSPARSE_STATUS_SUCCESS) {
+    destroy_descs();
+    return fail(s, "cusparseLtMatmulAlgSelectionInit");
+  }
+  if (k.alg_id >= 0) {
+    int id = k.alg_id;
+    s = cusparseLtMatmulAlgSetAttribute(h, &p->alg, CUSPARSELT_MATMUL_ALG_CONFIG_ID, &id, sizeof(id));
+    if (s != CUSPARSE_STATUS_SUCCESS) {
+      cusparseLtMatmulAlgSelectionDestroy(&p->alg);
+      destroy_descs();
+      return fail(s, "cusparseLtMatmulAlgSetAttribute(CONFIG_ID)");
+    }
+  }
+  s = cusparseLtMatmulPlanInit(h, &p->plan, &p->mm, &p->alg);
+  if (s != CUSPARSE_STATUS_SUCCESS) {
+    cusparseLtMatmulAlgSelectionDestroy(&p->alg);
+    destroy_descs();
+    return fail(s, "cusparseLtMatmulPlanInit");
+  }
+  p->ok = true;
+  SP24_CSLT(op, cusparseLtMatmulGetWorkspace(h, &p->plan, &p->workspace));
+  return p;
+}
+
+Plan* plan_for(const char* op, cusparseLtHandle_t* h, const PlanKey& k) {
+  thread_local std::map<PlanKey, std::unique_ptr<Plan>> cache;
+  auto it = cache.find(k);
+  if (it != cache.end()) return it->second.get();
+  if (cache.size() >= kMaxPlans) cache.clear();
+  auto p = make_plan(op, h, k);
+  Plan* raw = p.get();
+  cache.emplace(k, std::move(p));
+  return raw;
+}
+
+// ---- algorithm search (opt-in), process-wide chosen ids --------------------------------------------
+bool search_enabled() {
+  const char* e = std::getenv("SP24_CSLT_SEARCH");
+  return e != nullptr && e[0] != '\0' && std::string(e) != "0";
+}
+
+std::mutex g_alg_mutex;
+std::map<PlanKey, int> g_alg_ids;  // key with alg_id = -1 -> chosen id
+
+void run_plan(const char* op, cusparseLtHandle_t* h, Plan* p, const at::Tensor& compressed, const at::Tensor& b,
+              const at::Tensor* c, at::Tensor& out, cudaStream_t stream) {
+  const float alpha = 1.f, beta = c ? 1.f : 0.f;
+  at::Tensor ws = at::empty({static_cast<int64_t>(p->workspace)}, b.options().dtype(at::kByte));
+  cudaStream_t streams[1] = {stream};
+  SP24_CSLT(op, cusparseLtMatmul(h, &p->plan, &alpha, compressed.data_ptr(), b.data_ptr(), &beta,
+                                 c ? c->data_ptr() : out.data_ptr(), out.data_ptr(),
+                                 p->workspace ? ws.data_ptr() : nullptr, streams, 1));
+}
+
+// Search once for this key; returns the id to use (-1: the default).
+int searched_alg_id(const char* op, cusparseLtHandle_t* h, const PlanKey& key, const at::Tensor& compressed,
+                    const at::Tensor& b, const at::Tensor* c, const at::Tensor& out, cudaStream_t stream) {
+  {
+    std::lock_guard<std::mutex> lock(g_alg_mutex);
+    auto it = g_alg_ids.find(key);
+    if (it != g_alg_ids.end()) return it->second;
+  }
+  int chosen = -1;
+  Plan* def = plan_for(op, h, key);
+  if (def->ok) {
+    at::Tensor ref = at::empty_like(out);
+    run_plan(op, h, def, compressed, b, c, ref, stream);
+    // Search on a fresh, private plan (search rewrites its algorithm selection).
+    auto sp = make_plan(op, h, key);
+    if (sp->ok) {
+      at::Tensor tmp = at::empty_like(out);
+      at::Tensor ws = at::empty({static_cast<int64_t>(sp->workspace)}, b.options().dtype(at::kByte));
+      const float alpha = 1.f, beta = c ? 1.f : 0.f;
+      cudaStream_t streams[1] = {stream};
+      SP24_CSLT(op, cusparseLtMatmulSearch(h, &sp->plan, &alpha, compressed.data_ptr(), b.data_ptr(), &beta,
+                                           c ? c->data_ptr() : tmp.data_ptr(), tmp.data_ptr(),
+                                           sp->workspace ? ws.data_ptr() : nullptr, streams, 1));
+      int id = 0;
+      SP24_CSLT(op, cusparseLtMatmulAlgGetAttribute(h, &sp->alg, CUSPARSELT_MATMUL_ALG_CONFIG_ID, &id, sizeof(id)));
+      PlanKey ck = key;
+      ck.alg_id = id;
+      Plan* cp = plan_for(op, h, ck);
+      if (cp->ok) {
+        at::Tensor got = at::empty_like(out);
+        run_plan(op, h, cp, compressed, b, c, got, stream);
+        // Both results use fp32 accumulation; a different split of K may change the last bits,
+        // a wrong kernel changes far more (#155333 reported garbage).
+        const auto r = ref.to(at::kFloat), g = got.to(at::kFloat);
+        const double scale = r.abs().max().item<double>();
+        const double err = (r - g).abs().max().item<double>();
+        const bool finite = r.isfinite().all().item<bool>() == g.isfinite().all().item<bool>();
+        const double tol = 1e-2 * scale + 1e-3;
+        if (finite && err <= tol) {
+          chosen = id;
+        } else {
+          TORCH_WARN(op, ": cuSPARSELt algorithm id ", id, " chosen by search for (M, K, N) = (", key.M, ", ", key.K,
+                     ", ", key.N, ") disagrees with the default algorithm (max abs diff ", err, ", allowed ", tol,
+                     "); keeping the default (see pytorch/pytorch#155333)");
+        }
+      }
+    }
+  }
+  std::lock_guard<std::mutex> lock(g_alg_mutex);
+  g_alg_ids[key] = chosen;
+  return chosen;
+}
+
+}  // namespace
+
+int64_t compressed_bytes(int64_t M, int64_t K, at::ScalarType dt) {
+  const int64_t es = static_cast<int64_t>(c10::elementSize(dt));
+  auto up = [](int64_t v) { return (v + 127) / 128 * 128; };
+  return M * (K / 2) * es + up(M) * up(K) / 8;
+}
+
+std::string static_unsupported_reason(int64_t M, int64_t K, int64_t N, at::ScalarType dt, at::ScalarType out_dt) {
+  std::ostringstream os;
+  if (dt != at::kHalf && dt != at::kBFloat16) {
+    // cuSPARSELt's 50% sparsity for fp32 is 1:2 (TF32), not 2:4.
+    os << "cuSPARSELt 2:4 serves float16/bfloat16 only, got " << c10::toString(dt);
+  } else if (out_dt != dt && out_dt != at::kFloat) {
+    os << "out_dtype " << c10::toString(out_dt) << " with inputs of " << c10::toString(dt);
+  } else if (M % 16 || K % 16 || N % 16) {
+    // Every dimension a multiple of 16 elements keeps rows 16-byte aligned and matches the
+    // tile rules of cuSPARSELt 0.8 for 16-bit types.
+    os << "M, K, N must be multiples of 16 for cuSPARSELt, got (" << M << ", " << K << ", " << N << ")";
+  } else if (M == 0 || K == 0 || N == 0) {
+    os << "empty problem";
+  }
+  return os.str();
+}
+
+at::Tensor compress(const char* op, const at::Tensor& a, bool sp24_size) {
+  TORCH_CHECK(a.is_cuda() && a.dim() == 2 && a.is_contiguous(), op, ": internal error: compress needs a contiguous 2-D CUDA tensor");
+  c10::cuda::CUDAGuard guard(a.device());
+  const int64_t M = a.size(0), K = a.size(1);
+  auto* h = handle_for(op, a.get_device());
+  cusparseLtMatDescriptor_t desc;
+  SP24_CSLT(op, cusparseLtStructuredDescriptorInit(h, &desc, M, K, K, 16, cuda_type(a.scalar_type()), CUSPARSE_ORDER_ROW,
+                                                   CUSPARSELT_SPARSITY_50_PERCENT));
+  size_t size = 0, buf_size = 0;
+  cusparseStatus_t s = cusparseLtSpMMACompressedSize2(h, &desc, &size, &buf_size);
+  if (s != CUSPARSE_STATUS_SUCCESS) cusparseLtMatDescriptorDestroy(&desc);
+  SP24_CSLT(op, s);
+  const int64_t bytes = sp24_size ? compressed_bytes(M, K, a.scalar_type()) : static_cast<int64_t>(size);
+  if (static_cast<int64_t>(size) > bytes) {
+    cusparseLtMatDescriptorDestroy(&desc);
+    TORCH_CHECK(false, op, ": cuSPARSELt ", version(), " asks for a compressed buffer of ", size,
+                " bytes for a (", M, ", ", K, ") ", c10::toString(a.scalar_type()), " matrix, more than the ", bytes,
+                " bytes sp24 allocates; this cuSPARSELt version is not supported by sp24.cslt_compress");
+  }
+  // Zero-filled: any tail past cuSPARSELt's `size` stays deterministic.
+  at::Tensor out = at::zeros({bytes}, a.options().dtype(at::kByte));
+  at::Tensor tmp = at::empty({static_cast<int64_t>(buf_size)}, a.options().dtype(at::kByte));
+  s = cusparseLtSpMMACompress2(h, &desc, 1, CUSPARSE_OPERATION_NON_TRANSPOSE, a.data_ptr(), out.data_ptr(),
+                               buf_size ? tmp.data_ptr() : nullptr, at::cuda::getCurrentCUDAStream().stream());
+  cusparseLtMatDescriptorDestroy(&desc);
+  SP24_CSLT(op, s);
+  return out;
+}
+
+std::optional<at::Tensor> try_mm(const char* op, const at::Tensor& compressed, int64_t M, int64_t K,
+                                 const at::Tensor& b_in, const std::optional<at::Tensor>& bias,
+                                 at::ScalarType out_dtype, bool transpose_result, std::string* why) {
+  const int64_t N = b_in.size(1);
+  const auto dt = b_in.scalar_type();
+  std::string reason = static_unsupported_reason(M, K, N, dt, out_dtype);
+  if (!reason.empty()) {
+    if (why) *why = reason;
+    return std::nullopt;
+  }
+  c10::cuda::CUDAGuard guard(b_in.device());
+  auto is_aligned = [](const at::Tensor& t) { return (reinterpret_cast<uintptr_t>(t.data_ptr()) & 15u) == 0; };
+  // B: row-major or column-major view as is; anything else (or misaligned) gets a contiguous copy.
+  at::Tensor b = b_in;
+  bool b_col = false;
+  int64_t ldb = N;
+  if (b.stride(1) == 1 && b.stride(0) >= N && b.stride(0) % 8 == 0 && is_aligned(b)) {
+    ldb = b.stride(0);
+  } else if (b.stride(0) == 1 && b.stride(1) >= K && b.stride(1) % 8 == 0 && is_aligned(b)) {
+    b_col = true;
+    ldb = b.stride(1);
+  } else {
+    b = b_in.clone(at::MemoryFormat::Contiguous);
+    ldb = N;
+  }
+  at::Tensor out = transpose_result ? at::empty({N, M}, b.options().dtype(out_dtype))
+                                    : at::empty({M, N}, b.options().dtype(out_dtype));
+  // Bias (N,) enters as C with beta = 1: the addition happens in the epilogue, before the single
+  // rounding to out_dtype (cuSPARSELt's own bias vector runs along M, not N).
+  at::Tensor c;
+  if (bias.has_value()) {
+    auto bv = bias->to(out_dtype);
+    c = transpose_result ? bv.view({N, 1}).expand({N, M}).contiguous() : bv.view({1, N}).expand({M, N}).contiguous();
+  }
+  PlanKey key{b.get_device(), M, K, N, ldb, transpose_result ? M : N, static_cast<int>(dt),
+              static_cast<int>(out_dtype), b_col, transpose_result, bias.has_value(), -1};
+  auto* h = handle_for(op, b.get_device());
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream().stream();
+  if (search_enabled()) key.alg_id = searched_alg_id(op, h, key, compressed, b, c.defined() ? &c : nullptr, out, stream);
+  Plan* p = plan_for(op, h, key);
+  if (!p->ok) {
+    if (why) {
+      std::ostringstream os;
+      os << p->where << " returned " << status_name(p->why) << " for (M, K, N) = (" << M << ", " << K << ", " << N
+         << "), " << c10::toString(dt) << " -> " << c10::toString(out_dtype) << (b_col ? ", b column-major" : "")
+         << (transpose_result ? ", transposed result" : "");
+      *why = os.str();
+    }
+    return std::nullopt;
+  }
+  run_plan(op, h, p, compressed, b, c.defined() ? &c : nullptr, out, stream);
+  return out;
+}
+
+std::string version() {
+  std::ostringstream os;
+  os << CUSPARSELT_VER_MAJOR << "." << CUSPARSELT_VER_MINOR << "." << CUSPARSELT_VER_PATCH;
+  return os.str();
+}
+
+}  // namespace cslt
+}  // namespace sp24

@@ -1,0 +1,51 @@
+// cuSPARSELt wrapper: 2:4 sparse (M, K) @ dense (K, N) on CUDA with fp32 accumulation.
+//
+// This is glue (it allocates through torch's caching allocator and runs on torch's current stream),
+// so it takes at::Tensor; the 2:4 kernels themselves live in csrc/cuda.
+//
+//   handles   one cusparseLtHandle_t per (thread, device): autograd's backward runs on another
+//             thread, and a handle is tied to the device that was current when it was created.
+//   plans     cached per thread, keyed by every input of the plan (device, M, K, N, dtypes, layouts,
+//             leading dims, C/bias, algorithm id).
+//   search    opt-in (env SP24_CSLT_SEARCH=1): cusparseLtMatmulSearch once per shape key; the id it
+//             picks is run once and compared with the default id's result before it is trusted
+//             (cuSPARSELt has returned wrong results for some ids: pytorch/pytorch#155333); on a
+//             mismatch the default id is kept and a warning says so. Chosen ids are process-wide.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <string>
+
+namespace sp24 {
+namespace cslt {
+
+// Bytes sp24 reserves for the compressed 2:4 buffer of a dense (M, K) matrix of dtype `dt`
+// (sparse24_cslt_compress's output size, also computed by its Meta kernel): the kept values
+// (M * K/2 elements) + 2-bit metadata per kept value, the metadata counted for M and K rounded up
+// to 128 (room for tile padding). cuSPARSELt writes a prefix of it (the rest stays zero); the CUDA
+// path checks that cuSPARSELt asks for no more.
+int64_t compressed_bytes(int64_t M, int64_t K, at::ScalarType dt);
+
+// A reason why cuSPARSELt cannot serve this problem from the static rules, or "" if it may.
+std::string static_unsupported_reason(int64_t M, int64_t K, int64_t N, at::ScalarType dt, at::ScalarType out_dt);
+
+// Compress a dense 2:4 matrix a (M, K), contiguous, on CUDA: a 1-D uint8 buffer in cuSPARSELt's
+// own layout (row-major A, op N) of compressed_bytes(M, K, a.dtype) bytes when sp24_size (the op's
+// contract; error if cuSPARSELt needs more), else of exactly the size cuSPARSELt asks for.
+at::Tensor compress(const char* op, const at::Tensor& a, bool sp24_size);
+
+// out = A @ b (+ bias), A given by its compressed buffer. b (K, N) may be row-major (stride(1)==1)
+// or column-major (stride(0)==1, e.g. w.t()). transpose_result: return (A @ b).T of shape (N, M),
+// contiguous, written directly by cuSPARSELt (column-major D), no copy.
+// Returns std::nullopt (and a reason) when cuSPARSELt reports that it cannot serve the problem;
+// any other cuSPARSELt failure raises an error naming the op and the status.
+std::optional<at::Tensor> try_mm(const char* op, const at::Tensor& compressed, int64_t M, int64_t K,
+                                 const at::Tensor& b, const std::optional<at::Tensor>& bias,
+                                 at::ScalarType out_dtype, bool transpose_result, std::string* why);
+
+// "major.minor.patch" of the cuSPARSELt the extension was compiled against.
+std::string version();
+
+}  // namespace cslt
+}  // namespace sp24
