@@ -33,6 +33,8 @@ except ImportError as e:  # pragma: no cover
 from . import reference  # noqa: E402
 from .api import build_info, mm, sparsify24, sparsify24_transposed, stats  # noqa: E402
 from .tensor import Sp24Tensor  # noqa: E402
+from .ffn import relu2_ffn  # noqa: E402  (issue #4: the 2:4 FFN)
+from . import nn  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -44,4 +46,6 @@ __all__ = [
     "sparsify24",
     "sparsify24_transposed",
     "stats",
+    "relu2_ffn",
+    "nn",
 ]

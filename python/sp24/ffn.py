@@ -1,0 +1,324 @@
+"""The Squared-ReLU FFN with 2:4 activation sparsity, forward and backward (DESIGN.md section 1).
+
+    Y1 = X W1^T (+b1)   dense
+    Y2 = relu(Y1)^2     fused with the row-wise 2:4 sparsification (+ per-feature counts)
+    Y3 = Y2 W2^T (+b2)  2:4 GEMM
+
+Backward (the paper's recipe):
+    dY2 = dY3 W2                              dense
+    dY1 = dY2 * 2 sqrt(Y2) on the forward mask sparse24_apply_relu2_backward (compressed Y2)
+    dX  = dY1 W1                              2:4 GEMM, the forward pattern
+    dW2 = dY3^T Y2, dW1 = dY1^T X             feature split: the densest `dense_fraction` of the
+                                              features (ranked by the forward's counts, ties by
+                                              index) dense; the rest 2:4 along the tokens (fused
+                                              sparsify-transpose, "largest_abs") and the 2:4 GEMM
+
+Inside the FFN the tokens are permuted by a fixed seeded permutation (one per token count), so
+a token-direction group of 4 is not 4 neighbours of one sequence; the FFN is row-wise, so this is
+exact for the forward and only changes which token-direction 2:4 groups the backward forms.
+The (permuted) tokens are padded at the end to a multiple of 16 (TOKEN_ALIGN) whose Y2 and dY1
+rows are zero (with a bias b1 the padded Y2 rows are zeroed and removed from the counts): a zero
+row adds nothing to a product and cannot take a 2:4 slot from a real token's non-zero value.
+The number of dense features is n_dense_features(F, dense_fraction) (the sparse ones a multiple
+of 16, for cuSPARSELt).
+
+Saved for backward: x (the input itself, not a permuted copy), the weights, the compressed Y2
+(values + uint8 indices, padded token count), the int32 per-feature counts and the permutation;
+never the dense Y1, since relu(Y1) = sqrt(Y2) on the kept positions (saved_bytes measures it).
+
+Shapes: x (..., d), w1 (F, d), w2 (d, F) (nn.Linear layout); any number of tokens. sparse=True
+needs d and F to be multiples of 8 (DESIGN.md's contract; a clear error otherwise, no hidden
+weight padding, which would copy both weights on every call). cuSPARSELt serves dims that are
+multiples of 16: with d or F = 8 mod 16 the 2:4 GEMMs stay correct but run as dense GEMMs
+inside sparse24_mm (it warns once).
+
+Mixed precision: under torch.autocast the sparse path runs entirely in the autocast dtype (like
+torch.amp.custom_fwd(cast_inputs=...)); fp32 master weights receive fp32 gradients.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F_
+from torch import Tensor
+
+from . import _fallback
+from ._fallback import fallback  # noqa: F401  (public: sp24.ffn.fallback(False))
+
+__all__ = ["relu2_ffn", "dense_relu2_ffn", "saved_bytes", "token_permutation", "fallback",
+           "feature_split", "n_dense_features"]
+
+_ops = torch.ops.sp24
+PERMUTATION_SEED = 0x5EED24
+# Tokens are zero-padded to a multiple of 16 inside (2:4 groups need 4; cuSPARSELt needs every
+# GEMM dim to be a multiple of 16). Appended zero rows change no result: they add nothing to a
+# product and every 2:4 group of real tokens stays as it is.
+TOKEN_ALIGN = 16
+
+
+# --------------------------------------------------------------------------------------------
+# dense baseline
+
+
+def dense_relu2_ffn(x: Tensor, w1: Tensor, w2: Tensor, b1: Optional[Tensor] = None,
+                    b2: Optional[Tensor] = None) -> Tensor:
+    """The plain PyTorch Squared-ReLU FFN: linear, relu, square, linear (the dense baseline)."""
+    return F_.linear(torch.relu(F_.linear(x, w1, b1)).square(), w2, b2)
+
+
+# --------------------------------------------------------------------------------------------
+# token permutation
+
+
+def _hash31(z: Tensor) -> Tensor:
+    # Multiply-mod-2^31 and xorshift rounds on int64: no product exceeds 2^62, so the keys are
+    # identical on every device and backend (no reliance on integer overflow).
+    m = (1 << 31) - 1
+    for a, c in ((1103515245, 12345), (1664525, 1013904223), (22695477, 1)):
+        z = (z * a + c) & m
+        z = z ^ (z >> 13)
+    return z
+
+
+def _make_permutation(T: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    keys = _hash31(torch.arange(T, device=device, dtype=torch.int64) + PERMUTATION_SEED)
+    perm = torch.argsort(keys, stable=True)  # equal keys (rare) keep index order: still a permutation
+    inv = torch.empty_like(perm).scatter_(0, perm, torch.arange(T, device=device, dtype=torch.int64))
+    return perm, inv
+
+
+_PERM_CACHE: dict = {}
+
+
+def token_permutation(T: int, device="cpu") -> tuple[Tensor, Tensor]:
+    """(perm, inverse) of the fixed token permutation for T tokens: X_ffn = X[perm].
+
+    Deterministic (seeded hash, the same on every device), one per (T, device), cached in eager
+    mode; under torch.compile it is traced (a few integer ops and an argsort of T keys).
+    """
+    device = torch.device(device)
+    if torch.compiler.is_compiling():
+        return _make_permutation(T, device)
+    key = (int(T), device)
+    hit = _PERM_CACHE.get(key)
+    if hit is None:
+        if len(_PERM_CACHE) > 64:
+            _PERM_CACHE.clear()
+        hit = _PERM_CACHE[key] = _make_permutation(int(T), device)
+    return hit
+
+
+def feature_split(counts: Tensor, n_dense: int) -> tuple[Tensor, Tensor]:
+    """(dense_cols, sparse_cols), each in increasing order: the n_dense features with the most
+    non-zeros (ties: the lower feature index is denser) and the rest."""
+    order = torch.argsort(counts, descending=True, stable=True)
+    return order[:n_dense].sort().values, order[n_dense:].sort().values
+
+
+def _pad_rows(t: Tensor, pad: int) -> Tensor:
+    return F_.pad(t, (0, 0, 0, pad)) if pad else t
+
+
+# --------------------------------------------------------------------------------------------
+# autograd
+
+
+class _SparseReLU2FFN(torch.autograd.Function):
+    # A torch.autograd.Function (not a custom_op): it is made of sp24 ops that already have
+    # Meta kernels, so Dynamo traces forward and backward into the graph with fullgraph=True and
+    # no extra fake implementation is needed (tests/test_compile.py).
+
+    @staticmethod
+    def forward(ctx, x2d, w1, w2, b1, b2, perm, inv_perm, n_dense, out_shape):
+        T, d = x2d.shape
+        pad = (-T) % TOKEN_ALIGN
+        X = _pad_rows(x2d if perm is None else x2d.index_select(0, perm), pad)
+        y1 = F_.linear(X, w1, b1)
+        need_counts = any(ctx.needs_input_grad[:5])  # the feature split is a backward-only need
+        values, indices, counts = _ops.sparsify24(y1, "largest", "relu2", need_counts)
+        if pad and b1 is not None:
+            # padded tokens: Y1 = b1 there; zero their Y2 so they can never win a token-direction
+            # 2:4 slot, and take them out of the per-feature counts
+            values[T:] = 0
+            if need_counts:
+                counts = counts - pad * (torch.relu(b1.float()).square().to(b1.dtype) != 0).to(counts.dtype)
+        y3 = _ops.sparse24_mm(values, indices, w2.t(), b2, None)
+        # The output is written into a fresh (..., d) tensor rather than returned as a view of y3:
+        # FSDP2 warns on (and in-place ops on views can break) a module output that is a view.
+        if perm is None and pad == 0 and len(out_shape) == 2:
+            out = y3
+        else:
+            out = y3.new_empty(out_shape)
+            if perm is None:
+                out.view(-1, d).copy_(y3[:T])
+            else:
+                out.view(-1, d).index_copy_(0, perm, y3[:T])
+        ctx.save_for_backward(x2d, w1, w2, values, indices, counts, perm, inv_perm)
+        ctx.n_dense = n_dense
+        ctx.has_b1, ctx.has_b2 = b1 is not None, b2 is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        x2d, w1, w2, values, indices, counts, perm, inv_perm = ctx.saved_tensors
+        need_x, need_w1, need_w2, need_b1, need_b2 = ctx.needs_input_grad[:5]
+        dx = dw1 = dw2 = db1 = db2 = None
+        T, d = x2d.shape
+        Tp, Fh = values.shape[0], values.shape[1] * 2
+        dout = dout.reshape(-1, d)
+        dy3 = _pad_rows((dout if perm is None else dout.index_select(0, perm)).contiguous(), Tp - T)  # (Tp, d)
+        dense_cols, sparse_cols = feature_split(counts, ctx.n_dense)
+
+        if need_w2:  # dW2^T = Y2^T dY3: sparse features 2:4 along the tokens, dense ones dense
+            y2 = _ops.sparse24_to_dense(values, indices)
+            tv, ti = _ops.sparsify24_transposed(y2, "largest_abs", sparse_cols)
+            g_sparse = _ops.sparse24_mm(tv, ti, dy3, None, None)               # (Fs, d)
+            g_dense = y2.index_select(1, dense_cols).t() @ dy3                  # (Fd, d)
+            dw2t = dy3.new_empty(Fh, d).index_copy_(0, sparse_cols, g_sparse).index_copy_(0, dense_cols, g_dense)
+            dw2 = dw2t.t().contiguous()
+        if need_b2 and ctx.has_b2:
+            db2 = dy3[:T].sum(0)
+        if need_x or need_w1 or (need_b1 and ctx.has_b1):
+            dy2 = dy3 @ w2
+            dy1 = _ops.sparse24_apply_relu2_backward(dy2, values, indices)     # forward pattern
+            if need_x:
+                dxp = _ops.sparse24_mm(dy1, indices, w1, None, None)[:T]
+                dx = dxp if perm is None else dxp.index_select(0, inv_perm)
+            if need_w1 or (need_b1 and ctx.has_b1):
+                dy1d = _ops.sparse24_to_dense(dy1, indices)                     # padded rows are 0
+                if need_b1 and ctx.has_b1:
+                    db1 = dy1d.sum(0)
+                if need_w1:  # dW1 = dY1^T X, split like dW2
+                    X = _pad_rows(x2d if perm is None else x2d.index_select(0, perm), Tp - T)
+                    tv, ti = _ops.sparsify24_transposed(dy1d, "largest_abs", sparse_cols)
+                    g_sparse = _ops.sparse24_mm(tv, ti, X, None, None)           # (Fs, d)
+                    g_dense = dy1d.index_select(1, dense_cols).t() @ X          # (Fd, d)
+                    dw1 = dy1d.new_empty(Fh, d).index_copy_(0, sparse_cols, g_sparse).index_copy_(
+                        0, dense_cols, g_dense)
+        return dx, dw1, dw2, db1, db2, None, None, None, None
+
+
+def n_dense_features(F: int, dense_fraction: float) -> int:
+    """How many features take the dense weight-gradient GEMM: F - Fs, where Fs (the token-direction
+    2:4 features) is F * (1 - dense_fraction) rounded to a multiple of 16 (cuSPARSELt serves
+    2:4 operands whose dims are multiples of 16), at most F rounded down to a multiple of 16."""
+    fs = math.floor(F * (1.0 - dense_fraction) / 16.0 + 0.5) * 16
+    return F - max(0, min(fs, F - F % 16))
+
+
+# --------------------------------------------------------------------------------------------
+# public entry point
+
+
+def _autocast_dtype(x) -> Optional[torch.dtype]:
+    if isinstance(x, Tensor) and torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return None
+
+
+def _check(x, w1, w2, b1, b2, sparse: bool, dense_fraction: float, same_dtype: bool = True) -> None:
+    op = "sp24.relu2_ffn"
+    for name, t in (("x", x), ("w1", w1), ("w2", w2)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    for name, t in (("b1", b1), ("b2", b2)):
+        if t is not None and not isinstance(t, Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor or None, got {type(t).__name__}")
+    if x.dim() < 1:
+        raise ValueError(f"{op}: x must have shape (..., d), got a 0-D tensor")
+    if w1.dim() != 2 or w2.dim() != 2:
+        raise ValueError(f"{op}: w1 (F, d) and w2 (d, F) must be 2-D (nn.Linear layout), got shapes "
+                         f"{tuple(w1.shape)} and {tuple(w2.shape)}")
+    Fh, d = w1.shape
+    if x.shape[-1] != d or tuple(w2.shape) != (d, Fh):
+        raise ValueError(f"{op}: shapes do not match: x {tuple(x.shape)} must be (..., d), w1 (F, d) and "
+                         f"w2 (d, F); got w1 {tuple(w1.shape)} and w2 {tuple(w2.shape)}")
+    if b1 is not None and tuple(b1.shape) != (Fh,):
+        raise ValueError(f"{op}: b1 must have shape ({Fh},), got {tuple(b1.shape)}")
+    if b2 is not None and tuple(b2.shape) != (d,):
+        raise ValueError(f"{op}: b2 must have shape ({d},), got {tuple(b2.shape)}")
+    for name, t in (("w1", w1), ("w2", w2), ("b1", b1), ("b2", b2)):
+        if t is None:
+            continue
+        if same_dtype and t.dtype != x.dtype:
+            raise TypeError(f"{op}: {name}.dtype must equal x.dtype ({x.dtype}), got {t.dtype}")
+        if t.device != x.device:
+            raise ValueError(f"{op}: x and {name} must be on the same device, got {x.device} and {t.device}")
+    if not sparse:
+        return
+    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise TypeError(f"{op}: sparse=True needs torch.float16, torch.bfloat16 or torch.float32, got {x.dtype}; "
+                        f"cast the inputs or use sparse=False")
+    if d % 8 or Fh % 8:
+        raise ValueError(f"{op}: sparse=True needs d and F to be multiples of 8, got d={d}, F={Fh}; pad the "
+                         f"weights with zero rows/columns to a multiple of 8 or use sparse=False")
+    if not 0.0 <= dense_fraction <= 1.0:
+        raise ValueError(f"{op}: dense_fraction must lie in [0, 1], got {dense_fraction}")
+
+
+def relu2_ffn(x: Tensor, w1: Tensor, w2: Tensor, b1: Optional[Tensor] = None, b2: Optional[Tensor] = None,
+              *, sparse: bool = True, dense_fraction: float = 0.05, permute_tokens: bool = True) -> Tensor:
+    """Differentiable Squared-ReLU FFN `relu(x W1^T + b1)^2 W2^T + b2` (x: (..., d)).
+
+    sparse=False: exactly the plain PyTorch FFN (dense_relu2_ffn). sparse=True: the 2:4 FFN of the
+    module docstring; on CUDA it runs dense where the crossover table says 2:4 does not pay
+    (see sp24._fallback; `sp24.ffn.fallback(False)` or SP24_FFN_FALLBACK=0 turns that off).
+    dense_fraction: share of the features whose weight gradients stay dense (the densest ones).
+    permute_tokens: the fixed token permutation inside the FFN (the backward's grouping).
+    """
+    amp = _autocast_dtype(x)
+    if not sparse:
+        _check(x, w1, w2, b1, b2, False, dense_fraction, same_dtype=amp is None)
+        return dense_relu2_ffn(x, w1, w2, b1, b2)
+    if amp is not None:
+        # as torch.amp.custom_fwd(cast_inputs=...) does: run the whole FFN in the autocast dtype;
+        # the casts are differentiable, so fp32 master weights get fp32 gradients
+        x, w1, w2, b1, b2 = (t.to(amp) if isinstance(t, Tensor) and t.is_floating_point() else t
+                              for t in (x, w1, w2, b1, b2))
+    _check(x, w1, w2, b1, b2, sparse, dense_fraction)
+    d, Fh = w1.shape[1], w1.shape[0]
+    x2d = x.reshape(-1, d)
+    T = x2d.shape[0]
+    backward = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w1, w2, b1, b2))
+    if _fallback.use_dense(x.device, T, d, Fh, x.dtype, backward):
+        return dense_relu2_ffn(x, w1, w2, b1, b2)
+    if x2d.stride(-1) != 1:
+        x2d = x2d.contiguous()
+    n_dense = n_dense_features(Fh, dense_fraction)
+    perm = inv_perm = None
+    if permute_tokens and T > 1:
+        perm, inv_perm = token_permutation(T, x.device)
+    args = (x2d, w1, w2, b1, b2, perm, inv_perm, n_dense, (*x.shape[:-1], d))
+    if amp is not None:
+        with torch.autocast(x.device.type, enabled=False):
+            return _SparseReLU2FFN.apply(*args)
+    return _SparseReLU2FFN.apply(*args)
+
+
+# --------------------------------------------------------------------------------------------
+# saved activation memory
+
+
+def saved_bytes(fn: Callable[..., Tensor], *args, exclude: tuple = (), **kwargs) -> int:
+    """Bytes of the distinct storages autograd saves for backward while running fn(*args, **kwargs).
+
+    Tensors sharing a storage (views) count once, with the whole storage. Storages of the tensors
+    in `exclude` (typically the weights and biases, which exist anyway) are not counted; the
+    input x is counted. Runs fn once with grad enabled and discards the result.
+    """
+    skip = {t.untyped_storage().data_ptr() for t in exclude if isinstance(t, Tensor)}
+    seen: dict = {}
+
+    def pack(t: Tensor):
+        s = t.untyped_storage()
+        if s.data_ptr() not in skip:
+            seen[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn(*args, **kwargs)
+    del out
+    return sum(seen.values())

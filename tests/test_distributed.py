@@ -1,0 +1,113 @@
+"""ReLU2FFN under DistributedDataParallel and FSDP2 (fully_shard): 2 CPU processes, gloo.
+
+What "same gradients" means:
+  * dense mode: the data-parallel gradient equals the one-process gradient on the whole batch
+    (the FFN is row-wise, and so is its exact backward);
+  * sparse mode: the token permutation and the token-direction 2:4 of the weight gradients are
+    formed per call, i.e. per rank over its own tokens, so a half batch per rank is a different
+    (equally valid) approximation than the whole batch. The data-parallel gradient must equal the
+    same per-shard computation done in one process: the mean over the shards of each shard's
+    sparse gradient. (The whole-batch sparse gradient is also computed, to show it differs.)
+One spawn runs every scenario; the tests below read its results.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+WORLD = 2
+TOL = 1e-5
+
+
+def _data():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 9, 16, generator=g)  # 4 sequences of 9 tokens: 18 per rank (padded to 20)
+    dout = torch.randn(4, 9, 16, generator=g)
+    return x, dout
+
+
+def _model(sparse):
+    import sp24
+    torch.manual_seed(0)
+    return sp24.nn.ReLU2FFN(16, 64, bias=True, sparse=sparse, dense_fraction=0.25)
+
+
+def _grads(model, x, dout):
+    model.zero_grad()
+    (model(x) * dout).sum().backward()
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+
+
+def _rel_err(got: dict, want: dict) -> float:
+    return max(float((got[n] - want[n]).abs().max() / want[n].abs().max().clamp(min=1e-12)) for n in want)
+
+
+def _worker(rank, init_file, out_file):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    results = {}
+    try:
+        x, dout = _data()
+        shards = list(zip(x.chunk(WORLD), dout.chunk(WORLD)))
+        xr, dr = shards[rank]
+        for sparse in (False, True):
+            ref = _model(sparse)
+            whole = {n: g / WORLD for n, g in _grads(ref, x, dout).items()}  # DDP averages
+            per_shard = [_grads(ref, xs, ds) for xs, ds in shards]
+            shard_mean = {n: sum(g[n] for g in per_shard) / WORLD for n in whole}
+            want = shard_mean if sparse else whole
+            tag = "sparse" if sparse else "dense"
+
+            ddp = DDP(_model(sparse))
+            (ddp(xr) * dr).sum().backward()
+            got = {n.removeprefix("module."): p.grad for n, p in ddp.named_parameters()}
+            results[f"ddp_{tag}"] = _rel_err(got, want)
+            results[f"whole_vs_shards_{tag}"] = _rel_err(whole, shard_mean)
+
+            try:
+                from torch.distributed.fsdp import fully_shard
+                model = _model(sparse)
+                fully_shard(model)
+                (model(xr) * dr).sum().backward()
+                got = {n: p.grad.full_tensor() for n, p in model.named_parameters()}
+                results[f"fsdp2_{tag}"] = _rel_err(got, want)
+            except (ImportError, NotImplementedError, RuntimeError) as e:  # reported as a skip
+                results[f"fsdp2_{tag}"] = f"FSDP2 unavailable here: {type(e).__name__}: {e}"
+    finally:
+        if rank == 0:
+            with open(out_file, "w") as f:
+                json.dump(results, f)
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    import torch.multiprocessing as mp
+    d = tmp_path_factory.mktemp("dist")
+    out = d / "results.json"
+    mp.spawn(_worker, args=(str(d / "init"), str(out)), nprocs=WORLD, join=True)
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("mode", ["dense", "sparse"])
+def test_ddp_gradients(results, mode):
+    assert results[f"ddp_{mode}"] <= TOL, results
+
+
+def test_sparse_sharding_changes_the_approximation(results):
+    # the reason the sparse comparison is against the per-shard computation
+    assert results["whole_vs_shards_dense"] <= TOL
+    assert results["whole_vs_shards_sparse"] > 1e-3
+
+
+@pytest.mark.parametrize("mode", ["dense", "sparse"])
+def test_fsdp2_gradients(results, mode):
+    r = results[f"fsdp2_{mode}"]
+    if isinstance(r, str):
+        pytest.skip(r)
+    assert r <= TOL, results
