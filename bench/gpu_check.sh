@@ -97,7 +97,7 @@ fi
   || failed+=("import")
 
 # ---- tests -------------------------------------------------------------------------------------
-step pytest 180 "$PY" -m pytest tests -x -q -ra --junitxml="$OUT/junit.xml"
+step pytest 180 "$PY" -m pytest tests --maxfail=30 -q -ra --junitxml="$OUT/junit.xml"
 
 # compute-sanitizer on a small subset of the kernel tests (ids containing "small"; fp32 (dtype0:
 # two 16-byte chunks per vector) and bf16 (dtype2) for memcheck, bf16 only and fewer inputs for
