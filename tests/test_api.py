@@ -94,3 +94,18 @@ def test_python_m_sp24_self_check():
     assert r.returncode == 0, r.stdout + r.stderr
     assert "FAIL" not in r.stdout
     assert "PASS  sparsify24 " in r.stdout and "torch_version" in r.stdout
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_packed_buffer_is_kept_and_used(device):
+    """The GEMM-ready buffer is built once and reused; products through it equal the exact result."""
+    g = torch.Generator().manual_seed(53)
+    a = torch.randint(-3, 4, (32, 64), generator=g).to(torch.bfloat16).to(device)
+    b = torch.randint(-3, 4, (64, 16), generator=g).to(torch.bfloat16).to(device)
+    s = sp24.sparsify24(a, algo="largest_abs")
+    p1 = s.packed()
+    assert p1.dtype == torch.uint8 and p1.device.type == device
+    assert s.packed() is p1
+    exact = s.to_dense().double() @ b.double()
+    assert torch.equal((s @ b).double(), exact)
+    assert torch.equal(sp24.mm(s, b, out_dtype=torch.float32).double(), exact)

@@ -234,3 +234,81 @@ def test_cslt_ops_opcheck(device):
     b = int_dense(64, 16, torch.bfloat16, seed=13).to(device)
     bias = int_dense(1, 16, torch.bfloat16, seed=14).reshape(16).to(device)
     torch.library.opcheck(torch.ops.sp24.sparse24_cslt_mm.default, (buf, 32, 64, b, bias, None, True))
+
+
+# ---- review additions: layouts the wrapper passes to cuSPARSELt without a copy --------------------
+@requires_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("b_layout", ["row_padded", "col_padded", "row_misaligned"])
+@pytest.mark.parametrize("transpose_result", [False, True])
+def test_cslt_mm_strided_b_and_offset_buffer(b_layout, transpose_result):
+    # b views with a leading dimension larger than the matrix (ldb != N / K) reach cuSPARSELt as
+    # they are; a b that is not 16-byte aligned is copied; a compressed buffer at an odd offset inside
+    # a larger byte tensor is realigned. All must give the bits of the reference.
+    M, K, N, dtype = 64, 128, 48, torch.bfloat16
+    v, i = int_sparse(M, K, dtype, seed=21)
+    if b_layout == "row_padded":
+        b = int_dense(K, N + 16, dtype, seed=22).cuda()[:, :N]          # stride (N + 16, 1)
+    elif b_layout == "col_padded":
+        b = int_dense(N, K + 16, dtype, seed=22).cuda()[:, :K].t()      # stride (1, K + 16)
+    else:
+        b = int_dense(K, N + 1, dtype, seed=22).cuda()[:, 1:]           # data_ptr 2 bytes off
+    buf = _ops.cslt_compress(v.cuda(), i.cuda())
+    big = torch.zeros(buf.numel() + 3, dtype=torch.uint8, device="cuda")
+    big[3:] = buf
+    off = big[3:]
+    assert off.data_ptr() % 16 != 0
+    expected = reference.cslt_mm(v, i, b.cpu(), None, None, transpose_result)
+    for buffer in (buf, off):
+        out = _ops.cslt_mm(buffer, M, K, b, None, None, transpose_result)
+        assert_bits_equal(out, expected, f"cslt_mm {b_layout}")
+
+
+@requires_cuda
+@pytest.mark.gpu
+def test_sparse24_mm_cuda_served_by_cusparselt_without_fallback():
+    # sparse24_mm hides a refused plan behind a one-time warning and a dense GEMM: a wrong descriptor
+    # (rows/cols/ld/order) would only show up as a lost speed-up. In a fresh process (TORCH_WARN_ONCE
+    # state is per process) the FFN's GEMM forms must run without that warning.
+    import subprocess
+    import sys
+
+    code = r"""
+import warnings, torch, sp24
+from sp24 import _ops, reference
+warnings.simplefilter("error")
+g = torch.Generator().manual_seed(0)
+for dtype in (torch.bfloat16, torch.float16):
+    x = torch.randn(256, 512, generator=g).to(dtype)
+    v, i, _ = reference.sparsify24(x)
+    v, i = v.cuda(), i.cuda()
+    b = torch.randn(512, 128, generator=g).to(dtype).cuda()
+    w = torch.randn(128, 512, generator=g).to(dtype).cuda()
+    bias = torch.randn(128, generator=g).to(dtype).cuda()
+    dense = reference.to_dense(v.cpu(), i.cpu()).cuda()
+    for rhs in (b, w.t()):
+        for bb in (None, bias):
+            out = _ops.mm(v, i, rhs, bb)
+            ref = dense.float() @ rhs.float() + (0 if bb is None else bb.float())
+            torch.testing.assert_close(out.float(), ref, rtol=1.6e-2, atol=1.6e-2)
+torch.cuda.synchronize()
+print("OK")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
+
+
+@requires_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", LOWP)
+def test_sparse24_mm_cuda_float32_out(dtype):
+    # out_dtype=float32 from 16-bit inputs: cuSPARSELt may refuse it (then the dense fallback runs);
+    # either way the result must be the fp32 reference, with no rounding to 16 bits.
+    M, K, N = 64, 128, 32
+    v, i = int_sparse(M, K, dtype, seed=31)
+    b = torch.randn(K, N, generator=gen(32)).to(dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = _ops.mm(v.cuda(), i.cuda(), b.cuda(), None, torch.float32)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.cpu(), reference.mm(v, i, b, None, torch.float32), rtol=1e-5, atol=1e-4)

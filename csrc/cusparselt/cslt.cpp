@@ -31,8 +31,11 @@ const char* status_name(cusparseStatus_t s) {
   } while (0)
 
 // Statuses with which cuSPARSELt says "this problem is not for me" (shape, dtype or layout).
+// ARCH_MISMATCH: cuSPARSELt refuses the GPU itself (e.g. no sparse tensor cores); sparse24_mm then
+// falls back to a dense GEMM instead of failing.
 bool is_unsupported(cusparseStatus_t s) {
-  return s == CUSPARSE_STATUS_NOT_SUPPORTED || s == CUSPARSE_STATUS_INVALID_VALUE;
+  return s == CUSPARSE_STATUS_NOT_SUPPORTED || s == CUSPARSE_STATUS_INVALID_VALUE ||
+         s == CUSPARSE_STATUS_ARCH_MISMATCH;
 }
 
 cudaDataType cuda_type(at::ScalarType t) {
@@ -50,14 +53,22 @@ struct ThreadHandles {
   std::unordered_map<int, cusparseLtHandle_t*> by_device;
 };
 
-cusparseLtHandle_t* handle_for(const char* op, int device) {
+// The caller holds a CUDAGuard for `device` (cusparseLtInit ties the handle to the current device).
+// Returns nullptr and sets *unsupported when cuSPARSELt refuses this GPU and the caller can fall
+// back (unsupported != nullptr); any other failure raises.
+cusparseLtHandle_t* handle_for(const char* op, int device, cusparseStatus_t* unsupported = nullptr) {
   thread_local ThreadHandles th;
   auto it = th.by_device.find(device);
   if (it != th.by_device.end()) return it->second;
-  auto* h = new cusparseLtHandle_t;
-  SP24_CSLT(op, cusparseLtInit(h));
-  th.by_device.emplace(device, h);
-  return h;
+  // Freed again when cusparseLtInit fails (the old code leaked it before raising).
+  auto h = std::make_unique<cusparseLtHandle_t>();
+  const cusparseStatus_t s = cusparseLtInit(h.get());
+  if (s != CUSPARSE_STATUS_SUCCESS && unsupported != nullptr && is_unsupported(s)) {
+    *unsupported = s;
+    return nullptr;
+  }
+  SP24_CSLT(op, s);
+  return th.by_device.emplace(device, h.release()).first->second;
 }
 
 // ---- plan cache (per thread: plans belong to a handle) -------------------------------------------
@@ -229,10 +240,13 @@ int searched_alg_id(const char* op, cusparseLtHandle_t* h, const PlanKey& key, c
         run_plan(op, h, cp, compressed, b, c, got, stream);
         // Both results use fp32 accumulation; a different split of K may change the last bits,
         // a wrong kernel changes far more (#155333 reported garbage).
+        // Non-finite entries (NaN/Inf in the inputs) must sit at the same places in both results
+        // and are left out of the error, which would otherwise be NaN and reject every id.
         const auto r = ref.to(at::kFloat), g = got.to(at::kFloat);
-        const double scale = r.abs().max().item<double>();
-        const double err = (r - g).abs().max().item<double>();
-        const bool finite = r.isfinite().all().item<bool>() == g.isfinite().all().item<bool>();
+        const auto rf = r.isfinite();
+        const bool finite = at::equal(rf, g.isfinite());
+        const double scale = r.abs().masked_fill(rf.logical_not(), 0).max().item<double>();
+        const double err = (r - g).abs().masked_fill(rf.logical_not(), 0).max().item<double>();
         const double tol = 1e-2 * scale + 1e-3;
         if (finite && err <= tol) {
           chosen = id;
@@ -274,16 +288,33 @@ std::string static_unsupported_reason(int64_t M, int64_t K, int64_t N, at::Scala
   return os.str();
 }
 
-at::Tensor compress(const char* op, const at::Tensor& a, bool sp24_size) {
+std::optional<at::Tensor> try_compress(const char* op, const at::Tensor& a, bool sp24_size, std::string* why) {
   TORCH_CHECK(a.is_cuda() && a.dim() == 2 && a.is_contiguous(), op, ": internal error: compress needs a contiguous 2-D CUDA tensor");
   c10::cuda::CUDAGuard guard(a.device());
   const int64_t M = a.size(0), K = a.size(1);
-  auto* h = handle_for(op, a.get_device());
+  // "Not for me" answers (GPU, shape, dtype: e.g. cuSPARSELt caps the element count of a matrix)
+  // come back as a reason, so that sparse24_mm can fall back instead of raising.
+  auto refuse = [&](const char* where, cusparseStatus_t st) -> std::optional<at::Tensor> {
+    if (why) {
+      std::ostringstream os;
+      os << where << " returned " << status_name(st) << " for the (" << M << ", " << K << ") "
+         << c10::toString(a.scalar_type()) << " 2:4 operand";
+      *why = os.str();
+    }
+    return std::nullopt;
+  };
+  cusparseStatus_t s = CUSPARSE_STATUS_SUCCESS;
+  auto* h = handle_for(op, a.get_device(), &s);
+  if (h == nullptr) return refuse("cusparseLtInit", s);
+  // This descriptor must stay identical to matrix A of make_plan (rows M, cols K, ld K, row-major,
+  // op N): the compressed layout is defined by it.
   cusparseLtMatDescriptor_t desc;
-  SP24_CSLT(op, cusparseLtStructuredDescriptorInit(h, &desc, M, K, K, 16, cuda_type(a.scalar_type()), CUSPARSE_ORDER_ROW,
-                                                   CUSPARSELT_SPARSITY_50_PERCENT));
+  s = cusparseLtStructuredDescriptorInit(h, &desc, M, K, K, 16, cuda_type(a.scalar_type()), CUSPARSE_ORDER_ROW,
+                                         CUSPARSELT_SPARSITY_50_PERCENT);
+  if (s != CUSPARSE_STATUS_SUCCESS && is_unsupported(s)) return refuse("cusparseLtStructuredDescriptorInit", s);
+  SP24_CSLT(op, s);
   size_t size = 0, buf_size = 0;
-  cusparseStatus_t s = cusparseLtSpMMACompressedSize2(h, &desc, &size, &buf_size);
+  s = cusparseLtSpMMACompressedSize2(h, &desc, &size, &buf_size);
   if (s != CUSPARSE_STATUS_SUCCESS) cusparseLtMatDescriptorDestroy(&desc);
   SP24_CSLT(op, s);
   const int64_t bytes = sp24_size ? compressed_bytes(M, K, a.scalar_type()) : static_cast<int64_t>(size);
@@ -303,6 +334,14 @@ at::Tensor compress(const char* op, const at::Tensor& a, bool sp24_size) {
   return out;
 }
 
+at::Tensor compress(const char* op, const at::Tensor& a, bool sp24_size) {
+  std::string why;
+  auto r = try_compress(op, a, sp24_size, &why);
+  TORCH_CHECK_VALUE(r.has_value(), op, ": cuSPARSELt ", version(), " cannot compress this operand: ", why,
+                    "; use sp24.mm / sparse24_mm, which falls back to a dense GEMM");
+  return *r;
+}
+
 std::optional<at::Tensor> try_mm(const char* op, const at::Tensor& compressed, int64_t M, int64_t K,
                                  const at::Tensor& b_in, const std::optional<at::Tensor>& bias,
                                  at::ScalarType out_dtype, bool transpose_result, std::string* why) {
@@ -315,6 +354,9 @@ std::optional<at::Tensor> try_mm(const char* op, const at::Tensor& compressed, i
   }
   c10::cuda::CUDAGuard guard(b_in.device());
   auto is_aligned = [](const at::Tensor& t) { return (reinterpret_cast<uintptr_t>(t.data_ptr()) & 15u) == 0; };
+  // Every descriptor promises 16-byte aligned data. The buffer from sparse24_cslt_compress is, but a
+  // caller may pass a view into a larger byte tensor at any offset: realign it with a copy.
+  const at::Tensor a_buf = is_aligned(compressed) ? compressed : compressed.clone();
   // B: row-major or column-major view as is; anything else (or misaligned) gets a contiguous copy.
   at::Tensor b = b_in;
   bool b_col = false;
@@ -339,9 +381,14 @@ std::optional<at::Tensor> try_mm(const char* op, const at::Tensor& compressed, i
   }
   PlanKey key{b.get_device(), M, K, N, ldb, transpose_result ? M : N, static_cast<int>(dt),
               static_cast<int>(out_dtype), b_col, transpose_result, bias.has_value(), -1};
-  auto* h = handle_for(op, b.get_device());
+  cusparseStatus_t hs = CUSPARSE_STATUS_SUCCESS;
+  auto* h = handle_for(op, b.get_device(), &hs);
+  if (h == nullptr) {
+    if (why) *why = std::string("cusparseLtInit returned ") + status_name(hs);
+    return std::nullopt;
+  }
   cudaStream_t stream = at::cuda::getCurrentCUDAStream().stream();
-  if (search_enabled()) key.alg_id = searched_alg_id(op, h, key, compressed, b, c.defined() ? &c : nullptr, out, stream);
+  if (search_enabled()) key.alg_id = searched_alg_id(op, h, key, a_buf, b, c.defined() ? &c : nullptr, out, stream);
   Plan* p = plan_for(op, h, key);
   if (!p->ok) {
     if (why) {
@@ -353,7 +400,7 @@ std::optional<at::Tensor> try_mm(const char* op, const at::Tensor& compressed, i
     }
     return std::nullopt;
   }
-  run_plan(op, h, p, compressed, b, c.defined() ? &c : nullptr, out, stream);
+  run_plan(op, h, p, a_buf, b, c.defined() ? &c : nullptr, out, stream);
   return out;
 }
 

@@ -33,7 +33,12 @@ std::string static_unsupported_reason(int64_t M, int64_t K, int64_t N, at::Scala
 // Compress a dense 2:4 matrix a (M, K), contiguous, on CUDA: a 1-D uint8 buffer in cuSPARSELt's
 // own layout (row-major A, op N) of compressed_bytes(M, K, a.dtype) bytes when sp24_size (the op's
 // contract; error if cuSPARSELt needs more), else of exactly the size cuSPARSELt asks for.
+// Raises a ValueError naming the op when cuSPARSELt refuses the operand (see try_compress).
 at::Tensor compress(const char* op, const at::Tensor& a, bool sp24_size);
+
+// As compress, but returns std::nullopt (and a reason) when cuSPARSELt reports that it cannot serve
+// this GPU / operand (e.g. too many elements), so that sparse24_mm can fall back to a dense GEMM.
+std::optional<at::Tensor> try_compress(const char* op, const at::Tensor& a, bool sp24_size, std::string* why);
 
 // out = A @ b (+ bias), A given by its compressed buffer. b (K, N) may be row-major (stride(1)==1)
 // or column-major (stride(0)==1, e.g. w.t()). transpose_result: return (A @ b).T of shape (N, M),

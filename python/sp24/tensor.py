@@ -14,9 +14,10 @@ from .reference import indices_to_mask
 class Sp24Tensor:
     """2:4 sparse (M, K) matrix: `values` (M, K/2) kept values in index order and `indices`
     (M, K/2) uint8 positions 0..3, increasing within each group of 4. This canonical form is
-    identical on every device."""
+    identical on every device. On CUDA the object also holds, once it is first needed, the
+    GEMM-ready cuSPARSELt buffer (`packed()`), so repeated products compress only once."""
 
-    __slots__ = ("_values", "_indices")
+    __slots__ = ("_values", "_indices", "_packed")
 
     def __init__(self, values: Tensor, indices: Tensor):
         if not isinstance(values, Tensor) or not isinstance(indices, Tensor):
@@ -32,6 +33,7 @@ class Sp24Tensor:
                              f"{values.device} and {indices.device}")
         self._values = values.contiguous()
         self._indices = indices.contiguous()
+        self._packed: Optional[Tensor] = None
 
     # -- shape & type -------------------------------------------------------------------------
     @property
@@ -55,6 +57,18 @@ class Sp24Tensor:
 
     def indices(self) -> Tensor:
         return self._indices
+
+    def packed(self) -> Tensor:
+        """The GEMM-ready buffer (cuSPARSELt's compressed layout on CUDA, `reference.cslt_pack`
+        on CPU), built on first use and kept. fp16/bf16 with both dims multiples of 16 only."""
+        if self._packed is None:
+            self._packed = _ops.cslt_compress(self._values, self._indices)
+        return self._packed
+
+    def _gemm_ready(self) -> bool:
+        M, K = self.shape
+        return (self.device.type == "cuda" and self.dtype in (torch.float16, torch.bfloat16)
+                and M % 16 == 0 and K % 16 == 0 and M > 0 and K > 0)
 
     def to_dense(self) -> Tensor:
         return _ops.to_dense(self._values, self._indices)
