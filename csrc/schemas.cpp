@@ -28,4 +28,9 @@ TORCH_LIBRARY(sp24, m) {
   // A @ b (+ bias) from that buffer: (m, N), or its transpose (N, m) when transpose_result.
   m.def("sparse24_cslt_mm(Tensor compressed, SymInt m, SymInt k, Tensor b, Tensor? bias=None,"
         " ScalarType? out_dtype=None, bool transpose_result=False) -> Tensor");
+  // issue #4: the FFN backward's feature split straight from a row-wise 2:4 A (T, F) given as
+  // values/indices (T, F/2): (tvalues, tindices) = sparsify24_transposed(A, algo, sparse_cols)
+  // (Cs, T/2) and dense_t = A[:, dense_cols].T (Cd, T), without materialising the dense A.
+  m.def("sparse24_transposed_split(Tensor values, Tensor indices, Tensor sparse_cols, Tensor dense_cols,"
+        " str algo=\"largest_abs\") -> (Tensor tvalues, Tensor tindices, Tensor dense_t)");
 }

@@ -252,7 +252,10 @@ at::Tensor sparse24_mm(const at::Tensor& values, const at::Tensor& indices, cons
     auto a = sparse24_to_dense<B>(values, indices);
     std::string why = cslt::static_unsupported_reason(M, Kc, Nc, dt, odt);
     if (why.empty()) {
-      auto r = cslt::try_mm(op, cslt::compress(op, a, false), M, Kc, b, bias, odt, false, &why);
+      // try_compress, not compress: an operand cuSPARSELt refuses (e.g. too many elements for one
+      // descriptor) takes the dense fallback below instead of raising.
+      auto ac = cslt::try_compress(op, a, false, &why);
+      auto r = ac.has_value() ? cslt::try_mm(op, *ac, M, Kc, b, bias, odt, false, &why) : std::nullopt;
       if (r.has_value()) return *r;
     }
     if (M > 0 && Kc > 0 && Nc > 0) {
@@ -395,6 +398,79 @@ at::Tensor sparse24_cslt_mm(const at::Tensor& compressed, c10::SymInt m, c10::Sy
   return transpose_result ? out.t().contiguous() : out;
 }
 
+// ---- issue #4: the FFN backward's feature split, read from the compressed rows ---------------------
+void check_columns(const char* op, const char* name, const at::Tensor& c, const at::Tensor& values) {
+  SP24_CHECK(c.dim() == 1, op, ": ", name, " must be 1-D, got a ", c.dim(), "-D tensor of shape ", c.sym_sizes());
+  SP24_CHECK(c.scalar_type() == at::kLong, op, ": ", name, " must be int64, got ", dtype_name(c.scalar_type()));
+  check_same_device(op, "values", values, name, c);
+}
+
+// Out-of-range features would read outside the inputs: refuse them on CPU (one host sync; on CUDA
+// the kernel clamps them instead, the FFN backward must not sync).
+void check_columns_range(const char* op, const char* name, const at::Tensor& c, int64_t F) {
+  if (c.numel() == 0) return;
+  const int64_t lo = c.min().item<int64_t>(), hi = c.max().item<int64_t>();
+  SP24_CHECK(lo >= 0 && hi < F, op, ": ", name, " must lie in [0, ", F, "), got values in [", lo, ", ", hi, "]");
+}
+
+template <Backend B>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse24_transposed_split(const at::Tensor& values,
+                                                                         const at::Tensor& indices,
+                                                                         const at::Tensor& sparse_cols,
+                                                                         const at::Tensor& dense_cols,
+                                                                         c10::string_view algo) {
+  const char* op = "sp24.sparse24_transposed_split";
+  check_indices(op, indices);
+  check_values(op, "values", values, indices);
+  check_same_device(op, "values", values, "indices", indices);
+  const int algo_id = parse_algo(op, algo);
+  const auto T = values.sym_size(0);
+  SP24_CHECK(T % 4 == 0, op, ": values.size(0) (the tokens, the 2:4 direction) must be a multiple of 4, got ", T,
+             "; pad the rows with zeros to a multiple of 4");
+  check_columns(op, "sparse_cols", sparse_cols, values);
+  check_columns(op, "dense_cols", dense_cols, values);
+  const auto Cs = sparse_cols.sym_size(0), Cd = dense_cols.sym_size(0);
+  auto tvalues = at::empty_symint({Cs, T / 2}, values.options());
+  auto tindices = at::empty_symint({Cs, T / 2}, values.options().dtype(at::kByte));
+  auto dense_t = at::empty_symint({Cd, T}, values.options());
+  if constexpr (B != Backend::kMeta) {
+    const int64_t F = values.size(1) * 2;
+    auto sc = sparse_cols.contiguous(), dc = dense_cols.contiguous();
+    if constexpr (B == Backend::kCPU) {
+      check_columns_range(op, "sparse_cols", sc, F);
+      check_columns_range(op, "dense_cols", dc, F);
+    }
+    TransposedSplit24Params p;
+    p.values = values.data_ptr();
+    p.indices = indices.data_ptr<uint8_t>();
+    p.sparse_cols = sc.data_ptr<int64_t>();
+    p.dense_cols = dc.data_ptr<int64_t>();
+    p.tvalues = tvalues.data_ptr();
+    p.tindices = tindices.data_ptr<uint8_t>();
+    p.dense_t = dense_t.data_ptr();
+    p.T = values.size(0);
+    p.F = F;
+    p.Cs = sc.numel();
+    p.Cd = dc.numel();
+    p.algo = algo_id;
+    p.dtype = to_dtype(values.scalar_type());
+    if (p.T == 0 || p.Cs + p.Cd == 0) return {tvalues, tindices, dense_t};
+    if constexpr (B == Backend::kCPU) transposed_split24_cpu(p);
+#ifdef SP24_WITH_CUDA
+    if constexpr (B == Backend::kCUDA) {
+      c10::cuda::CUDAGuard guard(values.device());
+      SP24_CHECK(p.F > 0, op, ": sparse_cols and dense_cols must lie in [0, 0) for values of shape ", values.sizes(),
+                 ", got ", p.Cs + p.Cd, " columns");
+      // The two feature -> output-row maps (stream-ordered: freeing after the launch is safe).
+      auto ws = at::empty({2 * p.F}, values.options().dtype(at::kInt));
+      p.workspace = ws.data_ptr<int32_t>();
+      transposed_split24_cuda(p, current_stream());
+    }
+#endif
+  }
+  return {tvalues, tindices, dense_t};
+}
+
 }  // namespace
 
 #define SP24_REGISTER_ALL(B)                                                        \
@@ -405,7 +481,8 @@ at::Tensor sparse24_cslt_mm(const at::Tensor& compressed, c10::SymInt m, c10::Sy
   m.impl("sparse24_to_dense", &sparse24_to_dense<B>);                               \
   m.impl("sparse24_mm", &sparse24_mm<B>);                                           \
   m.impl("sparse24_cslt_compress", &sparse24_cslt_compress<B>);                     \
-  m.impl("sparse24_cslt_mm", &sparse24_cslt_mm<B>);
+  m.impl("sparse24_cslt_mm", &sparse24_cslt_mm<B>);                                 \
+  m.impl("sparse24_transposed_split", &sparse24_transposed_split<B>);
 
 TORCH_LIBRARY_IMPL(sp24, CPU, m) { SP24_REGISTER_ALL(Backend::kCPU) }
 TORCH_LIBRARY_IMPL(sp24, Meta, m) { SP24_REGISTER_ALL(Backend::kMeta) }

@@ -125,12 +125,13 @@ def test_sparsify_tiny(tmp_path):
     doc = run_cmd(tmp_path, "sparsify")
     names = [r["name"] for r in doc["rows"]]
     assert names == ["clone", "sparsify24_relu2", "sparsify24_relu2_counts", "sparsify24_transposed",
-                     "sparsify24_transposed_cols95"]
+                     "sparsify24_transposed_cols95", "sparse24_transposed_split95"]
     assert all(r["status"] == "ok" for r in doc["rows"]), doc["rows"]
     clone = ok_rows(doc, "clone")[0]
     assert clone["ratio_to_clone"] == 1.0 and clone["bytes"] == 2 * 64 * 128 * 2
     cols = ok_rows(doc, "sparsify24_transposed_cols95")[0]
     assert cols["columns"] == 128 - round(0.05 * 128)
+    assert ok_rows(doc, "sparse24_transposed_split95")[0]["columns"] == cols["columns"]
     assert doc["pool_sets"] >= 1 and doc["meta"]["git_commit"]
 
 

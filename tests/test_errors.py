@@ -73,6 +73,29 @@ CASES = [
      "sp24.Sp24Tensor: values and indices must be 2-D with the same shape (M, K/2), got (4, 4) and (2, 4)"),
     (lambda: torch.randn(2, 4) @ sp24.sparsify24(x8), TypeError,
      "sp24.Sp24Tensor: dense @ Sp24Tensor is not supported"),
+    # issue #4: sparse24_transposed_split (vals/idx: a (4, 8) 2:4 matrix)
+    (lambda: ops.sparse24_transposed_split(vals[:3].contiguous(), idx[:3].contiguous(), torch.tensor([0]),
+                                           torch.tensor([1]), "largest_abs"), ValueError,
+     "sp24.sparse24_transposed_split: values.size(0) (the tokens, the 2:4 direction) must be a multiple of 4, "
+     "got 3; pad the rows with zeros to a multiple of 4"),
+    (lambda: ops.sparse24_transposed_split(vals, idx, torch.tensor([0, 8]), torch.tensor([1]), "largest_abs"),
+     ValueError, "sp24.sparse24_transposed_split: sparse_cols must lie in [0, 8), got values in [0, 8]"),
+    (lambda: ops.sparse24_transposed_split(vals, idx, torch.tensor([0]), torch.tensor([-1, 2]), "largest_abs"),
+     ValueError, "sp24.sparse24_transposed_split: dense_cols must lie in [0, 8), got values in [-1, 2]"),
+    (lambda: ops.sparse24_transposed_split(vals, idx, torch.tensor([0], dtype=torch.int32), torch.tensor([1]),
+                                           "largest_abs"), ValueError,
+     "sp24.sparse24_transposed_split: sparse_cols must be int64, got torch.int32"),
+    (lambda: ops.sparse24_transposed_split(vals, idx, torch.tensor([0]), torch.zeros(2, 2, dtype=torch.int64),
+                                           "largest_abs"), ValueError,
+     "sp24.sparse24_transposed_split: dense_cols must be 1-D, got a 2-D tensor of shape [2, 2]"),
+    (lambda: ops.sparse24_transposed_split(vals, idx, torch.tensor([0]), torch.tensor([1], device="meta"),
+                                           "largest_abs"), ValueError,
+     "sp24.sparse24_transposed_split: values and dense_cols must be on the same device, got cpu and meta"),
+    (lambda: ops.sparse24_transposed_split(vals, idx, torch.tensor([0]), torch.tensor([1]), "smallest"), ValueError,
+     "sp24.sparse24_transposed_split: algo must be 'largest' or 'largest_abs', got 'smallest'"),
+    (lambda: ops.sparse24_transposed_split(vals.double(), idx, torch.tensor([0]), torch.tensor([1]), "largest_abs"),
+     TypeError, "sp24.sparse24_transposed_split: values.dtype must be torch.float16, torch.bfloat16 or torch.float32, "
+     "got torch.float64"),
 ]
 
 

@@ -135,6 +135,52 @@ void to_dense24_rows(const ToDense24Params& p) {
   });
 }
 
+// Element (t, col) of the dense form of a row-wise 2:4 matrix with H = K/2 compressed columns, as
+// sparse24_to_dense writes it: +0.0 at a dropped position; `& 3` as there, and the second index of
+// a pair wins if a corrupted pair repeats a position (to_dense writes it last).
+template <typename T>
+inline T dense_at(const T* values, const uint8_t* indices, int64_t H, int64_t t, int64_t col) {
+  const int64_t h = t * H + 2 * (col / 4);
+  const int pos = static_cast<int>(col & 3);
+  if ((indices[h + 1] & 3) == pos) return values[h + 1];
+  if ((indices[h] & 3) == pos) return values[h];
+  return T(0.f);
+}
+
+template <typename T>
+void transposed_split_rows(const TransposedSplit24Params& p) {
+  const T* values = static_cast<const T*>(p.values);
+  T* tvalues = static_cast<T*>(p.tvalues);
+  T* dense_t = static_cast<T*>(p.dense_t);
+  const int64_t H = p.F / 2, G = p.T / 4;
+  // Output rows 0..Cs-1: the token-direction 2:4 of sparse_cols; Cs..Cs+Cd-1: dense_cols.
+  at::parallel_for(0, p.Cs + p.Cd, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      if (c >= p.Cs) {
+        const int64_t col = p.dense_cols[c - p.Cs];
+        T* o = dense_t + (c - p.Cs) * p.T;
+        for (int64_t t = 0; t < p.T; ++t) o[t] = dense_at(values, p.indices, H, t, col);
+        continue;
+      }
+      const int64_t col = p.sparse_cols[c];
+      T* vr = tvalues + c * (p.T / 2);
+      uint8_t* ir = p.tindices + c * (p.T / 2);
+      for (int64_t g = 0; g < G; ++g) {
+        T a[4];
+        for (int i = 0; i < 4; ++i) a[i] = dense_at(values, p.indices, H, 4 * g + i, col);
+        uint8_t lo, hi;
+        mask_to_indices(select_2of4(static_cast<float>(a[0]), static_cast<float>(a[1]),
+                                    static_cast<float>(a[2]), static_cast<float>(a[3]), p.algo),
+                        lo, hi);
+        vr[2 * g] = a[lo];
+        vr[2 * g + 1] = a[hi];
+        ir[2 * g] = lo;
+        ir[2 * g + 1] = hi;
+      }
+    }
+  });
+}
+
 }  // namespace
 
 void sparsify24_cpu(const Sparsify24Params& p) {
@@ -148,6 +194,10 @@ void apply24_cpu(const Apply24Params& p) {
 }
 void to_dense24_cpu(const ToDense24Params& p) {
   dispatch_dtype(p.dtype, [&](auto t) { to_dense24_rows<decltype(t)>(p); });
+}
+
+void transposed_split24_cpu(const TransposedSplit24Params& p) {
+  dispatch_dtype(p.dtype, [&](auto t) { transposed_split_rows<decltype(t)>(p); });
 }
 
 }  // namespace sp24

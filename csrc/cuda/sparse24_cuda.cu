@@ -14,6 +14,12 @@
 //       (coalesced, vectorised), whatever order `columns` has; each x column is written to the
 //       output row(s) that ask for it through an inverse map inv[col] (-1: not selected). Columns
 //       listed more than once get their extra copies from a small fix-up kernel.
+//   sparse24_transposed_split (issue #4) the FFN backward's feature split of a row-wise 2:4 A (T, F)
+//       read from its compressed rows: the same 64 x 64 tile, decompressed into shared memory from
+//       values/indices (one thread per group of 4 features of a token: 2 values + 2 indices,
+//       consecutive threads on consecutive groups); then per feature column the token-direction
+//       2:4 (inverse map of sparse_cols, the store shared with sparsify24_transposed) and/or the
+//       dense transposed row (inverse map of dense_cols); duplicates by the same fix-up kernel.
 //   sparse24_apply(_relu2_backward), sparse24_to_dense: one thread per group of 4.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -181,12 +187,59 @@ constexpr int kTPad = 2;           // elements of padding per smem row (bank spr
 __global__ void inverse_columns_kernel(const int64_t* __restrict__ columns, int64_t C, int64_t N,
                                        int32_t* __restrict__ inv) {
   // inv[col] = the largest c with columns[c] == col (deterministic under duplicates), else -1.
-  // inv is pre-filled with -1 (memset 0xff).
+  // inv is pre-filled with -1 (memset 0xff). An out-of-range column (the CPU op refuses them, the
+  // CUDA op does not sync to check) is clamped to [0, N): defined output, never a write outside inv.
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= C) return;
-  const int64_t col = columns[c];
-  if (col < 0 || col >= N) return;  // the host refuses these; never write outside inv
+  int64_t col = columns[c];
+  col = col < 0 ? 0 : (col >= N ? N - 1 : col);
   atomicMax(inv + col, static_cast<int32_t>(c));
+}
+
+// Token-direction 2:4 of tile column j (a 64-token tile starting at token t0; Ttok tokens in all):
+// thread `part` handles 16 tokens (4 groups) -> 8 values + 8 indices of output row orow.
+// Shared by sparsify24_transposed and sparse24_transposed_split.
+template <typename T>
+__device__ __forceinline__ void token24_store(T (*tile)[kTC + kTPad], int j, int part, int64_t t0,
+                                              int64_t Ttok, int64_t orow, T* __restrict__ values,
+                                              uint8_t* __restrict__ indices, int algo, bool vec_store) {
+  const int64_t H = Ttok / 2;
+  T ov[8];
+  uint8_t oi[8];
+  int ngroups = 0;
+#pragma unroll
+  for (int g = 0; g < 4; ++g) {
+    const int tt = part * 16 + 4 * g;
+    if (t0 + tt >= Ttok) break;  // Ttok % 4 == 0: groups are whole
+    T a[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) a[i] = tile[tt + i][j];
+    uint8_t lo, hi;
+    mask_to_indices(select_2of4(to_f(a[0]), to_f(a[1]), to_f(a[2]), to_f(a[3]), algo), lo, hi);
+    pick(a, lo, hi, ov[2 * g], ov[2 * g + 1]);
+    oi[2 * g] = lo;
+    oi[2 * g + 1] = hi;
+    ngroups = g + 1;
+  }
+  if (ngroups == 0) return;
+  const int64_t off = orow * H + (t0 + part * 16) / 2;
+  T* vdst = values + off;
+  uint8_t* idst = indices + off;
+  if (vec_store && ngroups == 4) {  // Ttok % 16 == 0 (and 8 fp32): 16/32-byte aligned destinations
+    constexpr int kC = sizeof(T) * 8 / 16;
+    uint4 w[kC];
+    __builtin_memcpy(w, ov, sizeof(ov));
+#pragma unroll
+    for (int k = 0; k < kC; ++k) reinterpret_cast<uint4*>(vdst)[k] = w[k];
+    uint2 wi;
+    __builtin_memcpy(&wi, oi, 8);
+    *reinterpret_cast<uint2*>(idst) = wi;
+  } else {
+    for (int e = 0; e < 2 * ngroups; ++e) {
+      vdst[e] = ov[e];
+      idst[e] = oi[e];
+    }
+  }
 }
 
 template <typename T>
@@ -251,59 +304,119 @@ __global__ void __launch_bounds__(kTThreads) sparsify24_transposed_kernel(Sparsi
   if (n >= p.N) return;
   const int64_t orow = inv ? inv[n] : n;
   if (orow < 0) return;
-  const int64_t H = p.T / 2;
-  T ov[8];
-  uint8_t oi[8];
-  int ngroups = 0;
-#pragma unroll
-  for (int g = 0; g < 4; ++g) {
-    const int tt = part * 16 + 4 * g;
-    if (t0 + tt >= p.T) break;  // T % 4 == 0: groups are whole
-    T a[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) a[i] = tile[tt + i][j];
-    uint8_t lo, hi;
-    mask_to_indices(select_2of4(to_f(a[0]), to_f(a[1]), to_f(a[2]), to_f(a[3]), p.algo), lo, hi);
-    pick(a, lo, hi, ov[2 * g], ov[2 * g + 1]);
-    oi[2 * g] = lo;
-    oi[2 * g + 1] = hi;
-    ngroups = g + 1;
-  }
-  if (ngroups == 0) return;
-  const int64_t off = orow * H + (t0 + part * 16) / 2;
-  T* vdst = static_cast<T*>(p.values) + off;
-  uint8_t* idst = p.indices + off;
-  if (vec_store && ngroups == 4) {  // T % 16 == 0 (and 8 fp32): 16/32-byte aligned destinations
-    constexpr int kC = sizeof(T) * 8 / 16;
-    uint4 w[kC];
-    __builtin_memcpy(w, ov, sizeof(ov));
-#pragma unroll
-    for (int k = 0; k < kC; ++k) reinterpret_cast<uint4*>(vdst)[k] = w[k];
-    uint2 wi;
-    __builtin_memcpy(&wi, oi, 8);
-    *reinterpret_cast<uint2*>(idst) = wi;
-  } else {
-    for (int e = 0; e < 2 * ngroups; ++e) {
-      vdst[e] = ov[e];
-      idst[e] = oi[e];
-    }
-  }
+  token24_store<T>(tile, j, part, t0, p.T, orow, static_cast<T*>(p.values), p.indices, p.algo, vec_store);
 }
 
 // Output rows c whose column is also listed at a larger c' (inv[col] == c' != c) were not
-// written by the main kernel: copy them from row c'.
+// written by the main kernel: copy them (row_len values, and as many indices when given) from row c'.
 template <typename T>
-__global__ void transposed_duplicates_kernel(Sparsify24TransposedParams p, const int32_t* __restrict__ inv) {
+__global__ void duplicate_rows_kernel(const int64_t* __restrict__ columns, int64_t N, const int32_t* __restrict__ inv,
+                                      T* values, uint8_t* indices, int64_t row_len) {
   const int64_t c = blockIdx.x;
-  int64_t col = p.columns[c];
-  col = col < 0 ? 0 : (col >= p.N ? p.N - 1 : col);
+  int64_t col = columns[c];
+  col = col < 0 ? 0 : (col >= N ? N - 1 : col);
   const int64_t src = inv[col];
   if (src == c || src < 0) return;
-  const int64_t H = p.T / 2;
-  T* v = static_cast<T*>(p.values);
-  for (int64_t h = threadIdx.x; h < H; h += blockDim.x) {
-    v[c * H + h] = v[src * H + h];
-    p.indices[c * H + h] = p.indices[src * H + h];
+  for (int64_t h = threadIdx.x; h < row_len; h += blockDim.x) {
+    values[c * row_len + h] = values[src * row_len + h];
+    if (indices) indices[c * row_len + h] = indices[src * row_len + h];
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Feature split from the compressed rows (issue #4). A (T, F): values/indices (T, F/2).
+//
+//   compressed row t:  | v0 v1 | v2 v3 | ...   indices | 1 3 | 0 3 | ...
+//   tile[t][4q .. 4q+3] (group q):  | 0 v0 0 v1 | v2 0 0 v3 | ...   (+0.0 at dropped positions)
+template <typename T>
+__global__ void __launch_bounds__(kTThreads) transposed_split_kernel(TransposedSplit24Params p,
+                                                                     const int32_t* __restrict__ inv_s,
+                                                                     const int32_t* __restrict__ inv_d,
+                                                                     bool pair_load, bool vec_store, bool vec_dense) {
+  __shared__ T tile[kTT][kTC + kTPad];  // [token][feature]
+  const int tid = threadIdx.x;
+  // grid.x: token tiles (can be many), grid.y: feature tiles (F / 64 < 65536)
+  const int64_t n0 = static_cast<int64_t>(blockIdx.y) * kTC;
+  const int64_t t0 = static_cast<int64_t>(blockIdx.x) * kTT;
+  const int64_t H = p.F / 2;
+  const T* __restrict__ vals = static_cast<const T*>(p.values);
+
+  // Load: thread = one group of 4 features of one token; 16 groups per token row, 16 rows per
+  // pass, all 4 passes issued before any is used. Groups no output asks for are not read.
+  constexpr int kGroupsPerRow = kTC / 4;
+  constexpr int kRowsPerPass = kTThreads / kGroupsPerRow;
+  constexpr int kPasses = kTT / kRowsPerPass;
+  const int q = tid % kGroupsPerRow;
+  const int64_t n = n0 + 4 * q;  // F % 4 == 0: the group is whole or outside
+  bool wanted = n < p.F;
+  if (wanted) {
+    bool any = false;
+#pragma unroll
+    for (int e = 0; e < 4; ++e) any |= (inv_s[n + e] >= 0) | (inv_d[n + e] >= 0);
+    wanted = any;
+  }
+  const T zero = from_f<T>(0.f);
+  T v[kPasses][2];
+  uint8_t ix[kPasses][2];
+#pragma unroll
+  for (int k = 0; k < kPasses; ++k) {
+    const int64_t t = t0 + tid / kGroupsPerRow + k * kRowsPerPass;
+    v[k][0] = v[k][1] = zero;
+    ix[k][0] = ix[k][1] = 0;  // (0, 0): position 0 holds v[k][1] = +0.0, the rest +0.0
+    if (wanted && t < p.T) {
+      const int64_t off = t * H + 2 * (n / 4);
+      if (pair_load) {  // 2 values (4 or 8 bytes) and 2 indices (2 bytes), aligned
+        if constexpr (sizeof(T) == 2) {
+          const uint32_t w = __ldg(reinterpret_cast<const unsigned int*>(vals + off));
+          __builtin_memcpy(v[k], &w, 4);
+        } else {
+          const uint2 w = __ldg(reinterpret_cast<const uint2*>(vals + off));
+          __builtin_memcpy(v[k], &w, 8);
+        }
+        const uint16_t wi = __ldg(reinterpret_cast<const unsigned short*>(p.indices + off));
+        __builtin_memcpy(ix[k], &wi, 2);
+      } else {
+        v[k][0] = vals[off];
+        v[k][1] = vals[off + 1];
+        ix[k][0] = p.indices[off];
+        ix[k][1] = p.indices[off + 1];
+      }
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < kPasses; ++k) {
+    const int tt = tid / kGroupsPerRow + k * kRowsPerPass;
+    const int i0 = ix[k][0] & 3, i1 = ix[k][1] & 3;  // as sparse24_to_dense: the second index wins
+#pragma unroll
+    for (int e = 0; e < 4; ++e) tile[tt][4 * q + e] = e == i1 ? v[k][1] : (e == i0 ? v[k][0] : zero);
+  }
+  __syncthreads();
+
+  // Compute + store: thread = one feature column, 16 tokens.
+  const int j = tid / 4, part = tid % 4;
+  const int64_t f = n0 + j;
+  if (f >= p.F) return;
+  const int64_t srow = inv_s[f];
+  if (srow >= 0) {
+    token24_store<T>(tile, j, part, t0, p.T, srow, static_cast<T*>(p.tvalues), p.tindices, p.algo, vec_store);
+  }
+  const int64_t drow = inv_d[f];
+  if (drow < 0) return;
+  const int64_t tbeg = t0 + part * 16;
+  if (tbeg >= p.T) return;
+  const int nt = p.T - tbeg < 16 ? static_cast<int>(p.T - tbeg) : 16;
+  T* dst = static_cast<T*>(p.dense_t) + drow * p.T + tbeg;
+  if (vec_dense && nt == 16) {  // T * sizeof(T) % 16 == 0: 16-byte aligned destination
+    T o[16];
+#pragma unroll
+    for (int i = 0; i < 16; ++i) o[i] = tile[part * 16 + i][j];
+    constexpr int kC = sizeof(T) * 16 / 16;
+    uint4 w[kC];
+    __builtin_memcpy(w, o, sizeof(o));
+#pragma unroll
+    for (int k = 0; k < kC; ++k) reinterpret_cast<uint4*>(dst)[k] = w[k];
+  } else {
+    for (int i = 0; i < nt; ++i) dst[i] = tile[part * 16 + i][j];
   }
 }
 
@@ -382,6 +495,16 @@ void sparsify24_cuda(const Sparsify24Params& p, void* stream) {
   check_launch("sparsify24");
 }
 
+namespace {
+// inv[col] for columns (C of them) into a pre-filled (-1) inv of N entries.
+void launch_inverse_columns(const int64_t* columns, int64_t C, int64_t N, int32_t* inv, cudaStream_t s,
+                            const char* what) {
+  if (C == 0) return;  // a launch of 0 blocks is an error
+  inverse_columns_kernel<<<blocks_for(C), kThreads, 0, s>>>(columns, C, N, inv);
+  check_launch(what);
+}
+}  // namespace
+
 void sparsify24_transposed_cuda(const Sparsify24TransposedParams& p, void* stream) {
   auto s = static_cast<cudaStream_t>(stream);
   int32_t* inv = nullptr;
@@ -389,8 +512,7 @@ void sparsify24_transposed_cuda(const Sparsify24TransposedParams& p, void* strea
     if (p.workspace == nullptr) throw std::runtime_error("sp24.sparsify24_transposed: internal error: no workspace for the column map");
     inv = p.workspace;
     if (cudaMemsetAsync(inv, 0xff, p.N * sizeof(int32_t), s) != cudaSuccess) check_launch("sparsify24_transposed (memset)");
-    inverse_columns_kernel<<<blocks_for(p.C), kThreads, 0, s>>>(p.columns, p.C, p.N, inv);
-    check_launch("sparsify24_transposed (column map)");
+    launch_inverse_columns(p.columns, p.C, p.N, inv, s, "sparsify24_transposed (column map)");
   }
   dispatch_dtype(p.dtype, [&](auto t) {
     using T = decltype(t);
@@ -403,8 +525,42 @@ void sparsify24_transposed_cuda(const Sparsify24TransposedParams& p, void* strea
     sparsify24_transposed_kernel<T><<<grid, kTThreads, 0, s>>>(p, inv, vec_load, vec_store);
     check_launch("sparsify24_transposed");
     if (p.columns) {
-      transposed_duplicates_kernel<T><<<static_cast<unsigned>(p.C), 128, 0, s>>>(p, inv);
+      duplicate_rows_kernel<T><<<static_cast<unsigned>(p.C), 128, 0, s>>>(
+          p.columns, p.N, inv, static_cast<T*>(p.values), p.indices, p.T / 2);
       check_launch("sparsify24_transposed (duplicate columns)");
+    }
+  });
+}
+
+void transposed_split24_cuda(const TransposedSplit24Params& p, void* stream) {
+  auto s = static_cast<cudaStream_t>(stream);
+  if (p.workspace == nullptr) throw std::runtime_error("sp24.sparse24_transposed_split: internal error: no workspace for the column maps");
+  int32_t* inv_s = p.workspace;
+  int32_t* inv_d = p.workspace + p.F;
+  if (cudaMemsetAsync(p.workspace, 0xff, 2 * p.F * sizeof(int32_t), s) != cudaSuccess) check_launch("sparse24_transposed_split (memset)");
+  launch_inverse_columns(p.sparse_cols, p.Cs, p.F, inv_s, s, "sparse24_transposed_split (sparse column map)");
+  launch_inverse_columns(p.dense_cols, p.Cd, p.F, inv_d, s, "sparse24_transposed_split (dense column map)");
+  dispatch_dtype(p.dtype, [&](auto t) {
+    using T = decltype(t);
+    const bool pair_load = (reinterpret_cast<uintptr_t>(p.values) % (2 * sizeof(T))) == 0 &&
+                           (reinterpret_cast<uintptr_t>(p.indices) % 2) == 0;  // F/2 is even: every row keeps it
+    const bool vec_store = (p.T / 2 * static_cast<int64_t>(sizeof(T))) % 16 == 0 && (p.T / 2) % 8 == 0 &&
+                           aligned16(p.tvalues) && (reinterpret_cast<uintptr_t>(p.tindices) & 7u) == 0;
+    const bool vec_dense = (p.T * static_cast<int64_t>(sizeof(T))) % 16 == 0 && aligned16(p.dense_t);
+    const int64_t col_tiles = (p.F + kTC - 1) / kTC;
+    if (col_tiles > 65535) throw std::runtime_error("sp24.sparse24_transposed_split: F must be below 4194240, got " + std::to_string(p.F));
+    const dim3 grid(static_cast<unsigned>((p.T + kTT - 1) / kTT), static_cast<unsigned>(col_tiles));
+    transposed_split_kernel<T><<<grid, kTThreads, 0, s>>>(p, inv_s, inv_d, pair_load, vec_store, vec_dense);
+    check_launch("sparse24_transposed_split");
+    if (p.Cs > 0) {
+      duplicate_rows_kernel<T><<<static_cast<unsigned>(p.Cs), 128, 0, s>>>(
+          p.sparse_cols, p.F, inv_s, static_cast<T*>(p.tvalues), p.tindices, p.T / 2);
+      check_launch("sparse24_transposed_split (duplicate sparse columns)");
+    }
+    if (p.Cd > 0) {
+      duplicate_rows_kernel<T><<<static_cast<unsigned>(p.Cd), 128, 0, s>>>(
+          p.dense_cols, p.F, inv_d, static_cast<T*>(p.dense_t), nullptr, p.T);
+      check_launch("sparse24_transposed_split (duplicate dense columns)");
     }
   });
 }

@@ -67,11 +67,30 @@ struct ToDense24Params {
   DType dtype = DType::kFloat32;
 };
 
+// issue #4: the FFN backward's feature split of a row-wise 2:4 A (T, F), read from its compressed
+// form: (tvalues, tindices) = 2:4 along the tokens of A[:, sparse_cols].T (Cs, T/2) and
+// dense_t = A[:, dense_cols].T (Cd, T). A dropped position of A reads as +0.0.
+struct TransposedSplit24Params {
+  const void* values = nullptr;        // (T, F/2) contiguous
+  const uint8_t* indices = nullptr;    // (T, F/2) contiguous
+  const int64_t* sparse_cols = nullptr;  // (Cs,) any order, duplicates allowed
+  const int64_t* dense_cols = nullptr;   // (Cd,) any order, duplicates allowed
+  void* tvalues = nullptr;             // (Cs, T/2) contiguous
+  uint8_t* tindices = nullptr;         // (Cs, T/2) contiguous
+  void* dense_t = nullptr;             // (Cd, T) contiguous
+  int64_t T = 0, F = 0, Cs = 0, Cd = 0;
+  int algo = 0;
+  DType dtype = DType::kFloat32;
+  // CUDA only: (2F,) int32 scratch for the two feature -> output-row maps (sparse, then dense).
+  int32_t* workspace = nullptr;
+};
+
 // CPU kernels (csrc/cpu/sparse24_cpu.cpp).
 void sparsify24_cpu(const Sparsify24Params& p);
 void sparsify24_transposed_cpu(const Sparsify24TransposedParams& p);
 void apply24_cpu(const Apply24Params& p);
 void to_dense24_cpu(const ToDense24Params& p);
+void transposed_split24_cpu(const TransposedSplit24Params& p);
 
 #ifdef SP24_WITH_CUDA
 // CUDA kernels (csrc/cuda/sparse24_cuda.cu); `stream` is a cudaStream_t.
@@ -79,6 +98,7 @@ void sparsify24_cuda(const Sparsify24Params& p, void* stream);
 void sparsify24_transposed_cuda(const Sparsify24TransposedParams& p, void* stream);
 void apply24_cuda(const Apply24Params& p, void* stream);
 void to_dense24_cuda(const ToDense24Params& p, void* stream);
+void transposed_split24_cuda(const TransposedSplit24Params& p, void* stream);
 #endif
 
 }  // namespace sp24

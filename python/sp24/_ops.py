@@ -73,3 +73,16 @@ def cslt_mm(compressed: Tensor, m: int, k: int, b: Tensor, bias: Optional[Tensor
 
 
 OP_NAMES = OP_NAMES + ("sparse24_cslt_compress", "sparse24_cslt_mm")
+
+
+# ---- issue #4: the FFN backward's feature split, straight from the compressed rows ---------------
+def transposed_split(values: Tensor, indices: Tensor, sparse_cols: Tensor, dense_cols: Tensor,
+                     algo: str = "largest_abs") -> tuple[Tensor, Tensor, Tensor]:
+    """For a row-wise 2:4 A (T, F) given as values/indices (T, F/2): (tvalues, tindices), the 2:4
+    along the tokens of A[:, sparse_cols].T (Cs, T/2) each, and dense_t = A[:, dense_cols].T (Cd, T),
+    without the dense A; bit for bit sparsify24_transposed(to_dense(...), algo, sparse_cols) and
+    to_dense(...)[:, dense_cols].t(). T % 4 == 0; the column lists are 1-D int64, any order."""
+    return _ops.sparse24_transposed_split(values, indices, sparse_cols, dense_cols, algo)
+
+
+OP_NAMES = OP_NAMES + ("sparse24_transposed_split",)

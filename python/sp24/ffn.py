@@ -11,7 +11,9 @@ Backward (the paper's recipe):
     dW2 = dY3^T Y2, dW1 = dY1^T X             feature split: the densest `dense_fraction` of the
                                               features (ranked by the forward's counts, ties by
                                               index) dense; the rest 2:4 along the tokens (fused
-                                              sparsify-transpose, "largest_abs") and the 2:4 GEMM
+                                              sparsify-transpose, "largest_abs") and the 2:4 GEMM;
+                                              both sides in one pass over the compressed Y2 / dY1
+                                              (sparse24_transposed_split, no dense (T, F) copy)
 
 Inside the FFN the tokens are permuted by a fixed seeded permutation (one per token count), so
 a token-direction group of 4 is not 4 neighbours of one sequence; the FFN is row-wise, so this is
@@ -118,6 +120,16 @@ def feature_split(counts: Tensor, n_dense: int) -> tuple[Tensor, Tensor]:
     return order[:n_dense].sort().values, order[n_dense:].sort().values
 
 
+def _column_sums(values: Tensor, indices: Tensor) -> Tensor:
+    """fp32 column sums (F,) of a row-wise 2:4 matrix (T, F) from its compressed form (T, F/2), with
+    no dense (T, F) tensor: per position p of a group, the kept values whose index is p, summed
+    over the tokens and the group's two slots in fp32 (deterministic on every device)."""
+    T, H = values.shape
+    per_pos = [torch.where(indices == p, values, 0).view(T, H // 2, 2).sum(dim=(0, 2), dtype=torch.float32)
+               for p in range(4)]
+    return torch.stack(per_pos, dim=1).reshape(2 * H)  # (F/4, 4): feature 4g + p
+
+
 def _pad_rows(t: Tensor, pad: int) -> Tensor:
     return F_.pad(t, (0, 0, 0, pad)) if pad else t
 
@@ -173,10 +185,10 @@ class _SparseReLU2FFN(torch.autograd.Function):
         dense_cols, sparse_cols = feature_split(counts, ctx.n_dense)
 
         if need_w2:  # dW2^T = Y2^T dY3: sparse features 2:4 along the tokens, dense ones dense
-            y2 = _ops.sparse24_to_dense(values, indices)
-            tv, ti = _ops.sparsify24_transposed(y2, "largest_abs", sparse_cols)
+            # one pass over the compressed Y2, no dense (Tp, F) copy (issue #4)
+            tv, ti, y2d_t = _ops.sparse24_transposed_split(values, indices, sparse_cols, dense_cols, "largest_abs")
             g_sparse = _ops.sparse24_mm(tv, ti, dy3, None, None)               # (Fs, d)
-            g_dense = y2.index_select(1, dense_cols).t() @ dy3                  # (Fd, d)
+            g_dense = y2d_t @ dy3                                               # (Fd, d)
             dw2t = dy3.new_empty(Fh, d).index_copy_(0, sparse_cols, g_sparse).index_copy_(0, dense_cols, g_dense)
             dw2 = dw2t.t().contiguous()
         if need_b2 and ctx.has_b2:
@@ -187,17 +199,15 @@ class _SparseReLU2FFN(torch.autograd.Function):
             if need_x:
                 dxp = _ops.sparse24_mm(dy1, indices, w1, None, None)[:T]
                 dx = dxp if perm is None else dxp.index_select(0, inv_perm)
-            if need_w1 or (need_b1 and ctx.has_b1):
-                dy1d = _ops.sparse24_to_dense(dy1, indices)                     # padded rows are 0
-                if need_b1 and ctx.has_b1:
-                    db1 = dy1d.sum(0)
-                if need_w1:  # dW1 = dY1^T X, split like dW2
-                    X = _pad_rows(x2d if perm is None else x2d.index_select(0, perm), Tp - T)
-                    tv, ti = _ops.sparsify24_transposed(dy1d, "largest_abs", sparse_cols)
-                    g_sparse = _ops.sparse24_mm(tv, ti, X, None, None)           # (Fs, d)
-                    g_dense = dy1d.index_select(1, dense_cols).t() @ X          # (Fd, d)
-                    dw1 = dy1d.new_empty(Fh, d).index_copy_(0, sparse_cols, g_sparse).index_copy_(
-                        0, dense_cols, g_dense)
+            if need_b1 and ctx.has_b1:
+                db1 = _column_sums(dy1, indices).to(dy1.dtype)                 # padded rows are 0
+            if need_w1:  # dW1 = dY1^T X, split like dW2, straight from the compressed dY1
+                X = _pad_rows(x2d if perm is None else x2d.index_select(0, perm), Tp - T)
+                tv, ti, dy1d_t = _ops.sparse24_transposed_split(dy1, indices, sparse_cols, dense_cols, "largest_abs")
+                g_sparse = _ops.sparse24_mm(tv, ti, X, None, None)               # (Fs, d)
+                g_dense = dy1d_t @ X                                            # (Fd, d)
+                dw1 = dy1.new_empty(Fh, d).index_copy_(0, sparse_cols, g_sparse).index_copy_(
+                    0, dense_cols, g_dense)
         return dx, dw1, dw2, db1, db2, None, None, None, None
 
 

@@ -152,3 +152,15 @@ def cslt_mm(values: Tensor, indices: Tensor, b: Tensor, bias: Optional[Tensor] =
     """What sparse24_cslt_mm(sparse24_cslt_compress(values, indices), ...) computes."""
     out = mm(values, indices, b, bias, out_dtype)
     return out.t().contiguous() if transpose_result else out
+
+
+# ---- issue #4: oracle of sparse24_transposed_split (the FFN backward's feature split) ------------
+def transposed_split(values: Tensor, indices: Tensor, sparse_cols: Tensor, dense_cols: Tensor,
+                     algo: str = "largest_abs") -> tuple[Tensor, Tensor, Tensor]:
+    """(tvalues, tindices) = the 2:4 along the tokens of A[:, sparse_cols].T and dense_t =
+    A[:, dense_cols].T for the row-wise 2:4 A = to_dense(values, indices) (dropped positions +0.0)."""
+    a = to_dense(values, indices)
+    tvalues, tindices = sparsify24_transposed(a, algo, sparse_cols)
+    iv = _INT_VIEW[a.dtype]  # select columns on an integer view: keep every bit (NaN payloads)
+    dense_t = a.view(iv)[:, dense_cols].t().contiguous().view(a.dtype)
+    return tvalues, tindices, dense_t

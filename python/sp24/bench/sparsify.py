@@ -2,6 +2,9 @@
 
 DESIGN section 4 targets (H100, bf16, (16384, 16384)): fused relu2 + sparsify24 <= 1.2x clone;
 fused sparsify-transpose with the 95/5 feature split <= 1.5x clone.
+sparse24_transposed_split95 (issue #4): the FFN backward's whole 95/5 feature split read straight
+from the compressed Y2 (2:4 along the tokens of the 95% + the dense transpose of the 5%), against the
+same clone of the dense (T, F) input it no longer needs.
 """
 
 from __future__ import annotations
@@ -30,16 +33,21 @@ def add_parser(sub) -> None:
 def _kernels(C: int):
     ops = torch.ops.sp24
     return [
-        # name, fn(x, y2, columns), bytes(M, K, es), uses_columns
-        ("clone", lambda x, y2, cols: x.clone(), lambda M, K, es: 2 * M * K * es),
-        ("sparsify24_relu2", lambda x, y2, cols: ops.sparsify24(x, "largest", "relu2", False),
+        # name, fn(x, y2, columns, split), bytes(M, K, es); split = (values, indices, sparse, dense)
+        ("clone", lambda x, y2, cols, sp: x.clone(), lambda M, K, es: 2 * M * K * es),
+        ("sparsify24_relu2", lambda x, y2, cols, sp: ops.sparsify24(x, "largest", "relu2", False),
          lambda M, K, es: M * K * es + M * K // 2 * (es + 1)),
-        ("sparsify24_relu2_counts", lambda x, y2, cols: ops.sparsify24(x, "largest", "relu2", True),
+        ("sparsify24_relu2_counts", lambda x, y2, cols, sp: ops.sparsify24(x, "largest", "relu2", True),
          lambda M, K, es: M * K * es + M * K // 2 * (es + 1) + 4 * K),
-        ("sparsify24_transposed", lambda x, y2, cols: ops.sparsify24_transposed(y2, "largest_abs", None),
+        ("sparsify24_transposed", lambda x, y2, cols, sp: ops.sparsify24_transposed(y2, "largest_abs", None),
          lambda M, K, es: M * K * es + K * M // 2 * (es + 1)),
-        ("sparsify24_transposed_cols95", lambda x, y2, cols: ops.sparsify24_transposed(y2, "largest_abs", cols),
+        ("sparsify24_transposed_cols95", lambda x, y2, cols, sp: ops.sparsify24_transposed(y2, "largest_abs", cols),
          lambda M, K, es: M * C * es + C * M // 2 * (es + 1) + 8 * C),
+        # reads the compressed (M, K/2) values + indices once; writes the 2:4 of C features and the
+        # dense transpose of the other K - C
+        ("sparse24_transposed_split95",
+         lambda x, y2, cols, sp: ops.sparse24_transposed_split(sp[0], sp[1], sp[2], sp[3], "largest_abs"),
+         lambda M, K, es: M * K // 2 * (es + 1) + C * M // 2 * (es + 1) + (K - C) * M * es + 8 * K),
     ]
 
 
@@ -61,15 +69,18 @@ def run(args) -> dict:
         g = torch.Generator(device=dev).manual_seed(seed)
         x = torch.randn(M, K, generator=g, device=dev, dtype=torch.float32).to(dt)
         y2 = torch.relu(x) ** 2  # realistic Y2: ~50% zeros before training, the kernel sees the same work
-        cols = torch.randperm(K, generator=g, device=dev)[:C]  # the 95% sparsest features, any order
-        return x, y2, cols
+        perm = torch.randperm(K, generator=g, device=dev)
+        cols = perm[:C]  # the 95% sparsest features, any order
+        # the FFN backward's input: the compressed row-wise 2:4 Y2, and its 95/5 feature split
+        v, i, _ = torch.ops.sp24.sparsify24(x, "largest", "relu2", False)
+        return x, y2, cols, (v, i, cols.sort().values, perm[C:].sort().values)
 
-    pool = common.make_pool(make_set, 2 * M * K * es, args)
+    pool = common.make_pool(make_set, 2 * M * K * es + M * K // 2 * (es + 1), args)  # x, y2, compressed Y2
     t = common.timer(args)
     rows, clone_us = [], None
     for name, fn, nbytes in common.progress(_kernels(C), args, "sparsify"):
         nb = nbytes(M, K, es)
-        fields = {"M": M, "K": K, "columns": C if name.endswith("cols95") else K, "bytes": nb}
+        fields = {"M": M, "K": K, "columns": C if name.endswith("95") else K, "bytes": nb}
         row = {"name": name, **fields}
         try:
             stats = t.run(lambda i, fn=fn: fn(*pool[i]), len(pool))
