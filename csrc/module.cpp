@@ -10,7 +10,7 @@
 
 #ifdef SP24_WITH_CUDA
 #include <cuda_runtime_api.h>
-#include <cusparseLt.h>
+#include "cusparselt/version.h"
 #endif
 
 namespace py = pybind11;
@@ -24,8 +24,8 @@ PYBIND11_MODULE(_C, m) {
     d["with_cuda"] = true;
     d["cuda_version"] = std::to_string(CUDART_VERSION / 1000) + "." + std::to_string((CUDART_VERSION % 1000) / 10);
     d["cuda_archs"] = SP24_CUDA_ARCHS;
-    d["cusparselt_version"] = std::to_string(CUSPARSELT_VER_MAJOR) + "." + std::to_string(CUSPARSELT_VER_MINOR) + "." +
-                              std::to_string(CUSPARSELT_VER_PATCH);
+    d["cusparselt_version"] = std::to_string(SP24_CSLT_MAJOR) + "." + std::to_string(SP24_CSLT_MINOR) + "." +
+                              std::to_string(SP24_CSLT_PATCH);
 #else
     d["with_cuda"] = false;
     d["cuda_version"] = py::none();

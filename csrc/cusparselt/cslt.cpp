@@ -1,5 +1,6 @@
 // cuSPARSELt wrapper (see cslt.h for the design).
 #include "cusparselt/cslt.h"
+#include "cusparselt/version.h"
 
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -406,7 +407,7 @@ std::optional<at::Tensor> try_mm(const char* op, const at::Tensor& compressed, i
 
 std::string version() {
   std::ostringstream os;
-  os << CUSPARSELT_VER_MAJOR << "." << CUSPARSELT_VER_MINOR << "." << CUSPARSELT_VER_PATCH;
+  os << SP24_CSLT_MAJOR << "." << SP24_CSLT_MINOR << "." << SP24_CSLT_PATCH;
   return os.str();
 }
 

@@ -64,6 +64,23 @@ def _checks(device: str, dtype: torch.dtype, seed: int):
         return torch.equal(got.cpu(), reference.mm(vi, ii, b, None, torch.float32))
     yield "sparse24_mm", mm
 
+    def split():
+        tv, ti, _ = reference.sparsify24(xt, "largest", "relu2")  # (64, 40) row-wise 2:4
+        sc, dc = cols[:27], cols[27:]
+        got = _ops.transposed_split(tv.to(device), ti.to(device), sc.to(device), dc.to(device), "largest_abs")
+        return all(_same_bits(u, w) for u, w in zip(got, reference.transposed_split(tv, ti, sc, dc)))
+    yield "sparse24_transposed_split", split
+
+    def cslt():
+        a = torch.randint(-3, 4, (32, 64), generator=g).to(dtype)
+        bb = torch.randint(-3, 4, (64, 16), generator=g).to(dtype)
+        vi, ii, _ = reference.sparsify24(a, "largest_abs")
+        buf = _ops.cslt_compress(vi.to(device), ii.to(device))
+        got = _ops.cslt_mm(buf, 32, 64, bb.to(device), None, None, False)
+        return torch.equal(got.cpu(), reference.cslt_mm(vi, ii, bb))
+    if dtype != torch.float32:  # the GEMM-ready buffer is fp16/bf16 only (no 2:4 fp32 GEMM in cuSPARSELt)
+        yield "sparse24_cslt_compress+mm", cslt
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m sp24", description=__doc__)
