@@ -24,6 +24,19 @@ void dispatch_dtype(DType d, F&& f) {
 
 constexpr int64_t kGrain = 64;
 
+// Select the kept pair of one group of 4 (as stored in T) and write its values and indices.
+template <typename T>
+inline void select_and_store(const T (&a)[4], int algo, T* v, uint8_t* idx) {
+  uint8_t lo, hi;
+  mask_to_indices(select_2of4(static_cast<float>(a[0]), static_cast<float>(a[1]), static_cast<float>(a[2]),
+                              static_cast<float>(a[3]), algo),
+                  lo, hi);
+  v[0] = a[lo];
+  v[1] = a[hi];
+  idx[0] = lo;
+  idx[1] = hi;
+}
+
 template <typename T>
 void sparsify24_rows(const Sparsify24Params& p) {
   const T* x = static_cast<const T*>(p.x);
@@ -45,23 +58,12 @@ void sparsify24_rows(const Sparsify24Params& p) {
       uint8_t* ir = p.indices + r * (p.K / 2);
       for (int64_t g = 0; g < G; ++g) {
         T a[4];
-        float f[4];
         for (int i = 0; i < 4; ++i) {
           a[i] = xr[4 * g + i];
-          f[i] = static_cast<float>(a[i]);
-          if (p.relu2) {
-            f[i] = relu2(f[i]);
-            a[i] = static_cast<T>(f[i]);
-            f[i] = static_cast<float>(a[i]);  // rank the value as stored
-          }
-          if (cnt && f[i] != 0.f) cnt[4 * g + i] += 1;  // NaN != 0 counts as non-zero
+          if (p.relu2) a[i] = static_cast<T>(relu2(static_cast<float>(a[i])));  // ranked as stored
+          if (cnt && static_cast<float>(a[i]) != 0.f) cnt[4 * g + i] += 1;    // NaN != 0: non-zero
         }
-        uint8_t lo, hi;
-        mask_to_indices(select_2of4(f[0], f[1], f[2], f[3], p.algo), lo, hi);
-        vr[2 * g] = a[lo];
-        vr[2 * g + 1] = a[hi];
-        ir[2 * g] = lo;
-        ir[2 * g + 1] = hi;
+        select_and_store(a, p.algo, vr + 2 * g, ir + 2 * g);
       }
     }
   });
@@ -85,14 +87,7 @@ void sparsify24_transposed_rows(const Sparsify24TransposedParams& p) {
       for (int64_t g = 0; g < G; ++g) {
         T a[4];
         for (int i = 0; i < 4; ++i) a[i] = x[(4 * g + i) * p.x_row_stride + col];
-        uint8_t lo, hi;
-        mask_to_indices(select_2of4(static_cast<float>(a[0]), static_cast<float>(a[1]),
-                                    static_cast<float>(a[2]), static_cast<float>(a[3]), p.algo),
-                        lo, hi);
-        vr[2 * g] = a[lo];
-        vr[2 * g + 1] = a[hi];
-        ir[2 * g] = lo;
-        ir[2 * g + 1] = hi;
+        select_and_store(a, p.algo, vr + 2 * g, ir + 2 * g);
       }
     }
   });
@@ -168,14 +163,7 @@ void transposed_split_rows(const TransposedSplit24Params& p) {
       for (int64_t g = 0; g < G; ++g) {
         T a[4];
         for (int i = 0; i < 4; ++i) a[i] = dense_at(values, p.indices, H, 4 * g + i, col);
-        uint8_t lo, hi;
-        mask_to_indices(select_2of4(static_cast<float>(a[0]), static_cast<float>(a[1]),
-                                    static_cast<float>(a[2]), static_cast<float>(a[3]), p.algo),
-                        lo, hi);
-        vr[2 * g] = a[lo];
-        vr[2 * g + 1] = a[hi];
-        ir[2 * g] = lo;
-        ir[2 * g + 1] = hi;
+        select_and_store(a, p.algo, vr + 2 * g, ir + 2 * g);
       }
     }
   });
