@@ -17,6 +17,11 @@
 #   SP24_RACECHECK_K       pytest -k expression for the racecheck subset
 #   SP24_CHECK_BUDGET      seconds for the whole script (default 570): each step's time box is
 #                          cut to what is left; a step with under 10 s left is skipped (failed)
+#   SP24_STEPS             run only these steps (space-separated names: build pytest memcheck
+#                          racecheck goldens bench_sparsify bench_gemm bench_ffn bench_binaries);
+#                          e.g. two device calls: SP24_STEPS="build pytest memcheck racecheck goldens"
+#                          then SP24_STEPS="build bench_sparsify bench_gemm bench_ffn bench_binaries"
+#                          (each call starts on a fresh machine, so each builds)
 set -uo pipefail
 
 OUT=${1:?usage: bash bench/gpu_check.sh OUTDIR}
@@ -38,6 +43,10 @@ DEADLINE=$((T0 + ${SP24_CHECK_BUDGET:-570}))
 step() {
   local name=$1 limit=$2
   shift 2
+  if [ -n "${SP24_STEPS:-}" ] && [[ " $SP24_STEPS " != *" $name "* ]]; then
+    echo "== [$name] not selected (SP24_STEPS)"
+    return
+  fi
   local t=$(date +%s)
   local left=$((DEADLINE - t))
   [ $left -lt $limit ] && limit=$left
@@ -97,7 +106,7 @@ fi
   || failed+=("import")
 
 # ---- tests -------------------------------------------------------------------------------------
-step pytest 180 "$PY" -m pytest tests --maxfail=30 -q -ra --junitxml="$OUT/junit.xml"
+step pytest 240 "$PY" -m pytest tests --maxfail=30 -q -ra --junitxml="$OUT/junit.xml"
 
 # compute-sanitizer on a small subset of the kernel tests (ids containing "small"; fp32 (dtype0:
 # two 16-byte chunks per vector) and bf16 (dtype2) for memcheck, bf16 only and fewer inputs for
