@@ -109,3 +109,21 @@ def test_packed_buffer_is_kept_and_used(device):
     exact = s.to_dense().double() @ b.double()
     assert torch.equal((s @ b).double(), exact)
     assert torch.equal(sp24.mm(s, b, out_dtype=torch.float32).double(), exact)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(1, 8), (5, 24), (64, 256), (0, 16)])
+def test_pack_indices_round_trip(device, shape):
+    x = special(*shape, torch.bfloat16, seed=54, device=device)
+    idx = sp24.sparsify24(x).indices()
+    packed = sp24.tensor.pack_indices(idx)
+    assert packed.shape == (shape[0], shape[1] // 8) and packed.dtype == torch.uint8
+    assert torch.equal(sp24.tensor.unpack_indices(packed), idx)
+    if shape[0]:  # byte layout: group 2j in the low nibble, 2j+1 in the high one
+        i = idx[0, :4].cpu().tolist()
+        assert int(packed[0, 0]) == i[0] | i[1] << 2 | i[2] << 4 | i[3] << 6
+
+
+def test_pack_indices_rejects_bad_width():
+    with pytest.raises(ValueError, match=r"sp24.pack_indices: indices.size\(1\) \(K/2\) must be a multiple of 4, got 6"):
+        sp24.tensor.pack_indices(torch.zeros(2, 6, dtype=torch.uint8))

@@ -48,6 +48,7 @@ import torch.nn.functional as F_
 from torch import Tensor
 
 from . import _fallback
+from .tensor import pack_indices, unpack_indices
 from ._fallback import fallback  # noqa: F401  (public: sp24.ffn.fallback(False))
 
 __all__ = ["relu2_ffn", "dense_relu2_ffn", "saved_bytes", "token_permutation", "fallback",
@@ -168,14 +169,16 @@ class _SparseReLU2FFN(torch.autograd.Function):
                 out.view(-1, d).copy_(y3[:T])
             else:
                 out.view(-1, d).index_copy_(0, perm, y3[:T])
-        ctx.save_for_backward(x2d, w1, w2, values, indices, counts, perm, inv_perm)
+        # the pattern is saved packed, 4 indices a byte (F % 8 == 0 in sparse mode): T*F/8 bytes
+        ctx.save_for_backward(x2d, w1, w2, values, pack_indices(indices), counts, perm, inv_perm)
         ctx.n_dense = n_dense
         ctx.has_b1, ctx.has_b2 = b1 is not None, b2 is not None
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        x2d, w1, w2, values, indices, counts, perm, inv_perm = ctx.saved_tensors
+        x2d, w1, w2, values, packed, counts, perm, inv_perm = ctx.saved_tensors
+        indices = unpack_indices(packed)
         need_x, need_w1, need_w2, need_b1, need_b2 = ctx.needs_input_grad[:5]
         dx = dw1 = dw2 = db1 = db2 = None
         T, d = x2d.shape

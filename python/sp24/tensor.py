@@ -102,3 +102,22 @@ class Sp24Tensor:
 
     def __repr__(self) -> str:
         return (f"Sp24Tensor(shape={tuple(self.shape)}, dtype={self.dtype}, device={self.device})")
+
+
+def pack_indices(indices: Tensor) -> Tensor:
+    """(M, K/2) uint8 indices (2 bits of information each) -> (M, K/8) uint8, 4 per byte:
+    byte j of a row = i[4j] | i[4j+1] << 2 | i[4j+2] << 4 | i[4j+3] << 6, i.e. group 2j in the low
+    nibble and group 2j+1 in the high one (the 2:4 metadata nibble order). K must be a multiple of 8.
+    Exact inverse: unpack_indices. Used to store the pattern of the FFN's saved Y2 in 1/4 of the
+    bytes."""
+    M, H = indices.shape
+    if H % 4:
+        raise ValueError(f"sp24.pack_indices: indices.size(1) (K/2) must be a multiple of 4, got {H}")
+    i = indices.reshape(M, H // 4, 4)
+    return i[..., 0] | (i[..., 1] << 2) | (i[..., 2] << 4) | (i[..., 3] << 6)
+
+
+def unpack_indices(packed: Tensor) -> Tensor:
+    """Inverse of pack_indices: (M, K/8) uint8 -> (M, K/2) uint8 indices."""
+    M, B = packed.shape
+    return torch.stack([packed & 3, (packed >> 2) & 3, (packed >> 4) & 3, packed >> 6], dim=-1).reshape(M, 4 * B)
