@@ -6,7 +6,7 @@
 #
 #   SP24_SKIP_BUILD=1 bash bench/gpu_train.sh OUTDIR      (the build from gpu_check.sh is reused)
 #
-# The GPU machine has no matplotlib: redraw the demo plot here afterwards with
+# If the GPU machine lacks matplotlib (the demo then writes no PNG), redraw the plot here with
 #   python -c "import json, pathlib, sp24.demo as d; d.plot(json.load(open('OUT/demo_gpu/summary.json')), pathlib.Path('OUT/demo_gpu/curves.png'))"
 set -uo pipefail
 OUT=${1:?usage: bash bench/gpu_train.sh OUTDIR}
