@@ -87,7 +87,7 @@ def load_corpus(root: str | None = None) -> tuple[torch.Tensor, torch.Tensor, di
                                f"({len(files)} files in all); the demo needs the full standard library sources")
     train, evl = (torch.frombuffer(bytearray(b"".join(parts[k])), dtype=torch.uint8) for k in (False, True))
     info = {
-        "source": "CPython standard library *.py files (bytes)", "stdlib_root": str(root_p),
+        "source": "CPython standard library *.py files (bytes)", "stdlib_root": ("sysconfig.get_paths()['stdlib']" if root is None else root_p.name),  # no machine paths
         "python_version": platform.python_version(), "files_train": len(parts[False]),
         "files_eval": len(parts[True]), "bytes_train": train.numel(), "bytes_eval": evl.numel(),
         "sha256": digest.hexdigest(), "eval_rule": f"crc32(relative path) % {EVAL_MOD} == 0",
