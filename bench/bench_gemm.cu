@@ -129,11 +129,7 @@ int main(int argc, char** argv) {
              {"tokens", "128,256,512,1024,2048,4096,8192,16384,32768,65536"},
              {"dtype", "bf16"}, {"reps", "50"}, {"warmup", "10"}, {"search", "0"}, {"out", "-"}},
             kUsage);
-  const std::string dtname = args.str("dtype");
-  if (dtname != "bf16" && dtname != "fp16") {
-    std::fprintf(stderr, "--dtype must be bf16 or fp16, got '%s'\n", dtname.c_str());
-    return 2;
-  }
+  const std::string dtname = args.dtype();
   try {
     JsonLines out(args.str("out"));
     cudaStream_t stream;

@@ -116,11 +116,7 @@ int main(int argc, char** argv) {
                  args.str("shape").c_str());
     return 2;
   }
-  const std::string dtname = args.str("dtype");
-  if (dtname != "bf16" && dtname != "fp16") {
-    std::fprintf(stderr, "--dtype must be bf16 or fp16, got '%s'\n", dtname.c_str());
-    return 2;
-  }
+  const std::string dtname = args.dtype();
   try {
     JsonLines out(args.str("out"));
     cudaStream_t s;

@@ -51,6 +51,15 @@ class Args {
     }
   }
   std::string str(const std::string& k) const { return kv_.at(k); }
+  // --dtype: bf16 or fp16 (exits with a message otherwise).
+  std::string dtype() const {
+    const std::string d = kv_.at("dtype");
+    if (d != "bf16" && d != "fp16") {
+      std::fprintf(stderr, "--dtype must be bf16 or fp16, got '%s'\n", d.c_str());
+      std::exit(2);
+    }
+    return d;
+  }
   long long num(const std::string& k) const { return parse_int(kv_.at(k), k); }
   std::vector<long long> list(const std::string& k) const {
     std::vector<long long> out;

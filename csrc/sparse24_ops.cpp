@@ -84,11 +84,8 @@ std::tuple<at::Tensor, at::Tensor> sparsify24_transposed(const at::Tensor& x, c1
              "; pad the rows with zeros to a multiple of 4");
   c10::SymInt C = x.sym_size(1);
   if (columns.has_value()) {
-    const auto& c = *columns;
-    SP24_CHECK(c.dim() == 1, op, ": columns must be 1-D, got a ", c.dim(), "-D tensor of shape ", c.sym_sizes());
-    SP24_CHECK(c.scalar_type() == at::kLong, op, ": columns must be int64, got ", dtype_name(c.scalar_type()));
-    check_same_device(op, "x", x, "columns", c);
-    C = c.sym_size(0);
+    check_columns(op, "columns", *columns, "x", x);
+    C = columns->sym_size(0);
   }
   auto values = at::empty_symint({C, T / 2}, x.options());
   auto indices = at::empty_symint({C, T / 2}, x.options().dtype(at::kByte));
@@ -96,15 +93,7 @@ std::tuple<at::Tensor, at::Tensor> sparsify24_transposed(const at::Tensor& x, c1
     at::Tensor cols;
     if (columns.has_value()) {
       cols = columns->contiguous();
-      if constexpr (B == Backend::kCPU) {
-        // Out-of-range columns would read outside x: refuse them (on CUDA the kernel clamps and
-        // the Python wrapper checks).
-        if (cols.numel() > 0) {
-          const int64_t lo = cols.min().item<int64_t>(), hi = cols.max().item<int64_t>();
-          SP24_CHECK(lo >= 0 && hi < x.size(1), op, ": columns must lie in [0, ", x.size(1), "), got values in [",
-                     lo, ", ", hi, "]");
-        }
-      }
+      if constexpr (B == Backend::kCPU) check_columns_range(op, "columns", cols, x.size(1));
     }
     Sparsify24TransposedParams p;
     p.x = x.data_ptr();
@@ -192,9 +181,7 @@ at::Tensor sparse24_apply_relu2_backward(const at::Tensor& grad, const at::Tenso
 template <Backend B>
 at::Tensor sparse24_to_dense(const at::Tensor& values, const at::Tensor& indices) {
   const char* op = "sp24.sparse24_to_dense";
-  check_indices(op, indices);
-  check_values(op, "values", values, indices);
-  check_same_device(op, "values", values, "indices", indices);
+  check_compressed(op, values, indices);
   auto out = at::empty_symint({values.sym_size(0), values.sym_size(1) * 2}, values.options());
   if constexpr (B != Backend::kMeta) {
     ToDense24Params p;
@@ -216,13 +203,20 @@ at::Tensor sparse24_to_dense(const at::Tensor& values, const at::Tensor& indices
   return out;
 }
 
+// fp32 GEMM on a decompressed operand, bias added before one rounding to out_dtype: the numerics
+// of every sp24 GEMM, used by the CPU path and by the CUDA dense fallback.
+at::Tensor mm_fp32(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& bias,
+                   at::ScalarType odt) {
+  auto out = at::mm(a.to(at::kFloat), b.to(at::kFloat));
+  if (bias.has_value()) out.add_(bias->to(at::kFloat));
+  return out.to(odt);
+}
+
 template <Backend B>
 at::Tensor sparse24_mm(const at::Tensor& values, const at::Tensor& indices, const at::Tensor& b,
                        const std::optional<at::Tensor>& bias, std::optional<at::ScalarType> out_dtype) {
   const char* op = "sp24.sparse24_mm";
-  check_indices(op, indices);
-  check_values(op, "values", values, indices);
-  check_same_device(op, "values", values, "indices", indices);
+  check_compressed(op, values, indices);
   check_matrix(op, "b", b);
   check_same_device(op, "values", values, "b", b);
   SP24_CHECK(b.scalar_type() == values.scalar_type(), op, ": b.dtype must equal the sparse operand's dtype (",
@@ -266,18 +260,13 @@ at::Tensor sparse24_mm(const at::Tensor& values, const at::Tensor& indices, cons
     if (odt == dt && dt != at::kFloat) {
       return bias.has_value() ? at::addmm(*bias, a, b) : at::mm(a, b);
     }
-    auto out = at::mm(a.to(at::kFloat), b.to(at::kFloat));
-    if (bias.has_value()) out.add_(bias->to(at::kFloat));
-    return out.to(odt);
+    return mm_fp32(a, b, bias, odt);
   }
 #endif
   if constexpr (B != Backend::kMeta) {
     // Reference-grade path (decompress, fp32 GEMM, one rounding). The cuSPARSELt path replaces it
     // on CUDA where it is available.
-    auto a = sparse24_to_dense<B>(values, indices).to(at::kFloat);
-    auto out = at::mm(a, b.to(at::kFloat));
-    if (bias.has_value()) out.add_(bias->to(at::kFloat));
-    return out.to(odt);
+    return mm_fp32(sparse24_to_dense<B>(values, indices), b, bias, odt);
   }
 }
 
@@ -311,9 +300,7 @@ void check_cslt_dtype(const char* op, const char* name, at::ScalarType t) {
 template <Backend B>
 at::Tensor sparse24_cslt_compress(const at::Tensor& values, const at::Tensor& indices) {
   const char* op = "sp24.sparse24_cslt_compress";
-  check_indices(op, indices);
-  check_values(op, "values", values, indices);
-  check_same_device(op, "values", values, "indices", indices);
+  check_compressed(op, values, indices);
   check_cslt_dtype(op, "values", values.scalar_type());
   const auto M = values.sym_size(0), K = values.sym_size(1) * 2;
   check_cslt_dims(op, M, K);
@@ -399,20 +386,6 @@ at::Tensor sparse24_cslt_mm(const at::Tensor& compressed, c10::SymInt m, c10::Sy
 }
 
 // ---- issue #4: the FFN backward's feature split, read from the compressed rows ---------------------
-void check_columns(const char* op, const char* name, const at::Tensor& c, const at::Tensor& values) {
-  SP24_CHECK(c.dim() == 1, op, ": ", name, " must be 1-D, got a ", c.dim(), "-D tensor of shape ", c.sym_sizes());
-  SP24_CHECK(c.scalar_type() == at::kLong, op, ": ", name, " must be int64, got ", dtype_name(c.scalar_type()));
-  check_same_device(op, "values", values, name, c);
-}
-
-// Out-of-range features would read outside the inputs: refuse them on CPU (one host sync; on CUDA
-// the kernel clamps them instead, the FFN backward must not sync).
-void check_columns_range(const char* op, const char* name, const at::Tensor& c, int64_t F) {
-  if (c.numel() == 0) return;
-  const int64_t lo = c.min().item<int64_t>(), hi = c.max().item<int64_t>();
-  SP24_CHECK(lo >= 0 && hi < F, op, ": ", name, " must lie in [0, ", F, "), got values in [", lo, ", ", hi, "]");
-}
-
 template <Backend B>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse24_transposed_split(const at::Tensor& values,
                                                                          const at::Tensor& indices,
@@ -420,15 +393,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse24_transposed_split(const a
                                                                          const at::Tensor& dense_cols,
                                                                          c10::string_view algo) {
   const char* op = "sp24.sparse24_transposed_split";
-  check_indices(op, indices);
-  check_values(op, "values", values, indices);
-  check_same_device(op, "values", values, "indices", indices);
+  check_compressed(op, values, indices);
   const int algo_id = parse_algo(op, algo);
   const auto T = values.sym_size(0);
   SP24_CHECK(T % 4 == 0, op, ": values.size(0) (the tokens, the 2:4 direction) must be a multiple of 4, got ", T,
              "; pad the rows with zeros to a multiple of 4");
-  check_columns(op, "sparse_cols", sparse_cols, values);
-  check_columns(op, "dense_cols", dense_cols, values);
+  check_columns(op, "sparse_cols", sparse_cols, "values", values);
+  check_columns(op, "dense_cols", dense_cols, "values", values);
   const auto Cs = sparse_cols.sym_size(0), Cd = dense_cols.sym_size(0);
   auto tvalues = at::empty_symint({Cs, T / 2}, values.options());
   auto tindices = at::empty_symint({Cs, T / 2}, values.options().dtype(at::kByte));

@@ -77,6 +77,29 @@ inline void check_values(const char* op, const char* name, const at::Tensor& val
              values.sym_sizes(), " and ", indices.sym_sizes());
 }
 
+// A 2:4 operand in the canonical form: values (M, K/2) and indices (M, K/2) uint8 on one device.
+inline void check_compressed(const char* op, const at::Tensor& values, const at::Tensor& indices) {
+  check_indices(op, indices);
+  check_values(op, "values", values, indices);
+  check_same_device(op, "values", values, "indices", indices);
+}
+
+// A column list: 1-D int64 on the device of `other` (named `other_name` in the message).
+inline void check_columns(const char* op, const char* name, const at::Tensor& c, const char* other_name,
+                          const at::Tensor& other) {
+  SP24_CHECK(c.dim() == 1, op, ": ", name, " must be 1-D, got a ", c.dim(), "-D tensor of shape ", c.sym_sizes());
+  SP24_CHECK(c.scalar_type() == at::kLong, op, ": ", name, " must be int64, got ", dtype_name(c.scalar_type()));
+  check_same_device(op, other_name, other, name, c);
+}
+
+// Out-of-range columns would read outside the input: refuse them on CPU (one host sync; on CUDA
+// the kernels clamp them instead, since the FFN backward must not sync, and the Python API checks).
+inline void check_columns_range(const char* op, const char* name, const at::Tensor& c, int64_t n) {
+  if (c.numel() == 0) return;
+  const int64_t lo = c.min().item<int64_t>(), hi = c.max().item<int64_t>();
+  SP24_CHECK(lo >= 0 && hi < n, op, ": ", name, " must lie in [0, ", n, "), got values in [", lo, ", ", hi, "]");
+}
+
 inline int parse_algo(const char* op, c10::string_view algo) {
   if (algo == "largest") return kLargest;
   if (algo == "largest_abs") return kLargestAbs;

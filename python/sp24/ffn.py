@@ -192,8 +192,8 @@ class _SparseReLU2FFN(torch.autograd.Function):
             tv, ti, y2d_t = _ops.sparse24_transposed_split(values, indices, sparse_cols, dense_cols, "largest_abs")
             g_sparse = _ops.sparse24_mm(tv, ti, dy3, None, None)               # (Fs, d)
             g_dense = y2d_t @ dy3                                               # (Fd, d)
-            dw2t = dy3.new_empty(Fh, d).index_copy_(0, sparse_cols, g_sparse).index_copy_(0, dense_cols, g_dense)
-            dw2 = dw2t.t().contiguous()
+            # scattered straight into dW2's (d, F) layout: one pass, no (F, d) copy to transpose
+            dw2 = dy3.new_empty(d, Fh).index_copy_(1, sparse_cols, g_sparse.t()).index_copy_(1, dense_cols, g_dense.t())
         if need_b2 and ctx.has_b2:
             db2 = dy3[:T].sum(0)
         if need_x or need_w1 or (need_b1 and ctx.has_b1):

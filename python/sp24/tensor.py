@@ -87,8 +87,7 @@ class Sp24Tensor:
         return self.to("cpu")
 
     def cuda(self, device=None) -> "Sp24Tensor":
-        return self.to(torch.device("cuda") if device is None else torch.device("cuda", device)
-                       if isinstance(device, int) else device)
+        return self.to(torch.device("cuda", device) if isinstance(device, int) else device or "cuda")
 
     # -- products -----------------------------------------------------------------------------
     def __matmul__(self, b: Tensor) -> Tensor:

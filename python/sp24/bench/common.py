@@ -94,6 +94,19 @@ def parse_shapes(s: str, what: str = "--shapes") -> list[tuple[int, int]]:
 
 
 # ---- metadata ------------------------------------------------------------------------------------
+def shapes_and_tokens(args, shapes_default, tokens_default, tiny_shapes, tiny_tokens, rule: str = ""):
+    """(shapes, tokens) from --shapes/--tokens, else the (tiny) defaults; d and F multiples of 8."""
+    if args.shapes:
+        shapes = [(f"d{d}-F{F}", d, F) for d, F in parse_shapes(args.shapes)]
+    else:
+        shapes = tiny_shapes if args.tiny else shapes_default
+    tokens = parse_int_list(args.tokens, "--tokens") if args.tokens else (tiny_tokens if args.tiny else tokens_default)
+    for _, d, F in shapes:
+        if d % 8 or F % 8:
+            raise SystemExit(f"sp24.bench: d and F must be multiples of 8{rule}, got d={d}, F={F}")
+    return shapes, tokens
+
+
 def git_commit() -> str:
     """HEAD of the checkout sp24 was imported from, or "unknown" (installed wheel, no git)."""
     import sp24

@@ -67,7 +67,7 @@ def run(args) -> dict:
         if s not in ("bfloat16", "float16"):
             raise SystemExit(f"sp24.bench crossover: --dtypes entries must be bfloat16 or float16 (the fallback "
                              f"table's dtypes), got {s!r}")
-    shapes, tokens = ffn.shapes_and_tokens(args, gemm.SHAPES, TOKENS, gemm.TINY_SHAPES, TINY_TOKENS)
+    shapes, tokens = common.shapes_and_tokens(args, gemm.SHAPES, TOKENS, gemm.TINY_SHAPES, TINY_TOKENS, ffn.RULE)
     tokens = sorted(tokens)
     impls = ffn.load_impls()
     dense_c = ffn.dense_compiled_fn(args, impls)

@@ -209,16 +209,7 @@ def measure_case(args, impls, dense_compiled, d: int, F: int, T: int, dtype: tor
     return rows
 
 
-def shapes_and_tokens(args, shapes_default, tokens_default, tiny_shapes, tiny_tokens):
-    if args.shapes:
-        shapes = [(f"d{d}-F{F}", d, F) for d, F in common.parse_shapes(args.shapes)]
-    else:
-        shapes = tiny_shapes if args.tiny else shapes_default
-    tokens = common.parse_int_list(args.tokens, "--tokens") if args.tokens else (tiny_tokens if args.tiny else tokens_default)
-    for _, d, F in shapes:
-        if d % 8 or F % 8:
-            raise SystemExit(f"sp24.bench: d and F must be multiples of 8 (sp24.relu2_ffn sparse=True), got d={d}, F={F}")
-    return shapes, tokens
+RULE = " (sp24.relu2_ffn sparse=True)"
 
 
 def dense_compiled_fn(args, impls):
@@ -228,7 +219,7 @@ def dense_compiled_fn(args, impls):
 
 
 def run(args) -> dict:
-    shapes, tokens = shapes_and_tokens(args, SHAPES, TOKENS, TINY_SHAPES, TINY_TOKENS)
+    shapes, tokens = common.shapes_and_tokens(args, SHAPES, TOKENS, TINY_SHAPES, TINY_TOKENS, RULE)
     impls = load_impls()
     dense_c = dense_compiled_fn(args, impls)
     rows = []

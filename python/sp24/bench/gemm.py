@@ -37,18 +37,6 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def shapes_and_tokens(args):
-    if args.shapes:
-        shapes = [(f"d{d}-F{F}", d, F) for d, F in common.parse_shapes(args.shapes)]
-    else:
-        shapes = TINY_SHAPES if args.tiny else SHAPES
-    tokens = common.parse_int_list(args.tokens, "--tokens") if args.tokens else (TINY_TOKENS if args.tiny else TOKENS)
-    for _, d, F in shapes:
-        if d % 8 or F % 8:
-            raise SystemExit(f"sp24.bench: d and F must be multiples of 8, got d={d}, F={F}")
-    return shapes, tokens
-
-
 def cslt_prepare(values, indices, b):
     """A closure running the prebuilt-buffer cuSPARSELt GEMM on (values, indices) @ b, or raise
     LookupError saying why not. The op (another engineer's, in progress) is recognised from its
@@ -73,7 +61,7 @@ def _max_rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def run(args) -> dict:
-    shapes, tokens = shapes_and_tokens(args)
+    shapes, tokens = common.shapes_and_tokens(args, SHAPES, TOKENS, TINY_SHAPES, TINY_TOKENS)
     dev, dt = args.device, args.torch_dtype
     es = torch.empty((), dtype=dt).element_size()
     ops = torch.ops.sp24
