@@ -66,6 +66,20 @@ __device__ __forceinline__ void pick(const T (&a)[4], uint8_t lo, uint8_t hi, T&
   v1 = hi == 3 ? a[3] : hi == 2 ? a[2] : a[1];
 }
 
+// 4 consecutive elements as one aligned vector store (8 bytes for 16-bit types, 16 for fp32).
+template <typename T>
+__device__ __forceinline__ void store4(T* dst, const T (&v)[4]) {
+  if constexpr (sizeof(T) == 2) {
+    uint2 w;
+    __builtin_memcpy(&w, v, 8);
+    *reinterpret_cast<uint2*>(dst) = w;
+  } else {
+    uint4 w;
+    __builtin_memcpy(&w, v, 16);
+    *reinterpret_cast<uint4*>(dst) = w;
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Row-wise sparsify.
 constexpr int kRowTx = 32;         // threads along K (8 elements each: 256 columns per block)
@@ -145,15 +159,7 @@ __global__ void __launch_bounds__(kRowTx* kRowTy) sparsify24_rows_kernel(Sparsif
     T* vdst = vals + r * H + c0 / 2;
     uint8_t* idst = p.indices + r * H + c0 / 2;
     if (kVec) {  // K % 8 == 0: 4 values (8 or 16 bytes) and 4 indices (4 bytes), aligned
-      if constexpr (sizeof(T) == 2) {
-        uint2 w;
-        __builtin_memcpy(&w, ov, 8);
-        *reinterpret_cast<uint2*>(vdst) = w;
-      } else {
-        uint4 w;
-        __builtin_memcpy(&w, ov, 16);
-        *reinterpret_cast<uint4*>(vdst) = w;
-      }
+      store4(vdst, ov);
       *reinterpret_cast<uint32_t*>(idst) =
           uint32_t(oi[0]) | (uint32_t(oi[1]) << 8) | (uint32_t(oi[2]) << 16) | (uint32_t(oi[3]) << 24);
     } else {
@@ -463,15 +469,7 @@ __global__ void to_dense24_kernel(ToDense24Params p) {
 #pragma unroll
   for (int i = 0; i < 4; ++i) o[i] = i == i1 ? v1 : (i == i0 ? v0 : zero);
   T* out = static_cast<T*>(p.out) + 4 * gid;
-  if constexpr (sizeof(T) == 2) {
-    uint2 w;
-    __builtin_memcpy(&w, o, 8);
-    *reinterpret_cast<uint2*>(out) = w;
-  } else {
-    uint4 w;
-    __builtin_memcpy(&w, o, 16);
-    *reinterpret_cast<uint4*>(out) = w;
-  }
+  store4(out, o);
 }
 
 }  // namespace
