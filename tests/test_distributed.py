@@ -13,6 +13,7 @@ One spawn runs every scenario; the tests below read its results.
 
 from __future__ import annotations
 
+import datetime
 import json
 
 import pytest
@@ -49,7 +50,9 @@ def _worker(rank, init_file, out_file):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    torch.set_num_threads(1)  # 2 ranks on a 2-core CI machine: no oversubscription
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD,
+                            timeout=datetime.timedelta(minutes=5))
     results = {}
     try:
         x, dout = _data()
@@ -82,6 +85,9 @@ def _worker(rank, init_file, out_file):
         if rank == 0:
             with open(out_file, "w") as f:
                 json.dump(results, f)
+        # Both ranks leave together: tearing gloo down while the peer still has traffic in flight
+        # aborted a rank once in CI ("terminate called without an active exception").
+        dist.barrier()
         dist.destroy_process_group()
 
 
