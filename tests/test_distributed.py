@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
+import sys
 
 import pytest
 import torch
@@ -46,58 +48,86 @@ def _rel_err(got: dict, want: dict) -> float:
     return max(float((got[n] - want[n]).abs().max() / want[n].abs().max().clamp(min=1e-12)) for n in want)
 
 
-def _worker(rank, init_file, out_file):
+def _progress(out_dir, rank, results, phase):
+    # each rank records how far it got, so a crashed rank's last phase is in the failure message
+    path = f"{out_dir}/rank{rank}.json"
+    with open(path + ".tmp", "w") as f:
+        json.dump({"phase": phase, "results": results}, f)
+    os.replace(path + ".tmp", path)
+
+
+def _worker(rank, out_dir):
+    import gc
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
+    torch._C._set_print_stack_traces_on_fatal_signal(True)  # a C++ abort prints its stack to stderr
     torch.set_num_threads(1)  # 2 ranks on a 2-core CI machine: no oversubscription
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD,
-                            timeout=datetime.timedelta(minutes=5))
     results = {}
-    try:
-        x, dout = _data()
-        shards = list(zip(x.chunk(WORLD), dout.chunk(WORLD)))
-        xr, dr = shards[rank]
-        for sparse in (False, True):
-            ref = _model(sparse)
-            whole = {n: g / WORLD for n, g in _grads(ref, x, dout).items()}  # DDP averages
-            per_shard = [_grads(ref, xs, ds) for xs, ds in shards]
-            shard_mean = {n: sum(g[n] for g in per_shard) / WORLD for n in whole}
-            want = shard_mean if sparse else whole
-            tag = "sparse" if sparse else "dense"
+    _progress(out_dir, rank, results, "start")
+    dist.init_process_group("gloo", init_method=f"file://{out_dir}/init", rank=rank, world_size=WORLD,
+                            timeout=datetime.timedelta(minutes=5))
+    _progress(out_dir, rank, results, "init_process_group")
+    x, dout = _data()
+    shards = list(zip(x.chunk(WORLD), dout.chunk(WORLD)))
+    xr, dr = shards[rank]
+    for sparse in (False, True):
+        tag = "sparse" if sparse else "dense"
+        ref = _model(sparse)
+        whole = {n: g / WORLD for n, g in _grads(ref, x, dout).items()}  # DDP averages
+        per_shard = [_grads(ref, xs, ds) for xs, ds in shards]
+        shard_mean = {n: sum(g[n] for g in per_shard) / WORLD for n in whole}
+        want = shard_mean if sparse else whole
+        results[f"whole_vs_shards_{tag}"] = _rel_err(whole, shard_mean)
 
-            ddp = DDP(_model(sparse))
-            (ddp(xr) * dr).sum().backward()
-            got = {n.removeprefix("module."): p.grad for n, p in ddp.named_parameters()}
-            results[f"ddp_{tag}"] = _rel_err(got, want)
-            results[f"whole_vs_shards_{tag}"] = _rel_err(whole, shard_mean)
+        ddp = DDP(_model(sparse))
+        (ddp(xr) * dr).sum().backward()
+        got = {n.removeprefix("module."): p.grad for n, p in ddp.named_parameters()}
+        results[f"ddp_{tag}"] = _rel_err(got, want)
+        del ddp, got
+        _progress(out_dir, rank, results, f"ddp_{tag}")
 
-            try:
-                from torch.distributed.fsdp import fully_shard
-                model = _model(sparse)
-                fully_shard(model)
-                (model(xr) * dr).sum().backward()
-                got = {n: p.grad.full_tensor() for n, p in model.named_parameters()}
-                results[f"fsdp2_{tag}"] = _rel_err(got, want)
-            except (ImportError, NotImplementedError, RuntimeError) as e:  # reported as a skip
-                results[f"fsdp2_{tag}"] = f"FSDP2 unavailable here: {type(e).__name__}: {e}"
-    finally:
-        if rank == 0:
-            with open(out_file, "w") as f:
-                json.dump(results, f)
-        # Both ranks leave together: tearing gloo down while the peer still has traffic in flight
-        # aborted a rank once in CI ("terminate called without an active exception").
-        dist.barrier()
-        dist.destroy_process_group()
+        try:
+            from torch.distributed.fsdp import fully_shard
+            model = _model(sparse)
+            fully_shard(model)
+            (model(xr) * dr).sum().backward()
+            got = {n: p.grad.full_tensor() for n, p in model.named_parameters()}
+            results[f"fsdp2_{tag}"] = _rel_err(got, want)
+            del model, got
+        except (ImportError, NotImplementedError, RuntimeError) as e:  # reported as a skip
+            results[f"fsdp2_{tag}"] = f"FSDP2 unavailable here: {type(e).__name__}: {e}"
+        _progress(out_dir, rank, results, f"fsdp2_{tag}")
+
+    # Tear down in a fixed order while both ranks are alive: DDP and FSDP2 modules hold the process
+    # group inside reference cycles, and letting the interpreter's exit free it (after the peer may
+    # be gone) aborted a rank in CI ("terminate called without an active exception").
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
+    gc.collect()
+    _progress(out_dir, rank, results, "done")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # everything is recorded; skip interpreter teardown of torch's C++ singletons
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     import torch.multiprocessing as mp
+    from torch.multiprocessing.spawn import ProcessException
     d = tmp_path_factory.mktemp("dist")
-    out = d / "results.json"
-    mp.spawn(_worker, args=(str(d / "init"), str(out)), nprocs=WORLD, join=True)
-    return json.loads(out.read_text())
+    try:
+        mp.spawn(_worker, args=(str(d),), nprocs=WORLD, join=True)
+    except ProcessException as e:
+        reached = {}
+        for r in range(WORLD):
+            f = d / f"rank{r}.json"
+            reached[r] = json.loads(f.read_text())["phase"] if f.exists() else "not started"
+        raise AssertionError(f"a distributed rank failed: {e}; last phase each rank completed: {reached}") from e
+    ranks = [json.loads((d / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    assert all(r["phase"] == "done" for r in ranks), ranks
+    return ranks[0]["results"]
 
 
 @pytest.mark.parametrize("mode", ["dense", "sparse"])
