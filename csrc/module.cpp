@@ -4,12 +4,15 @@
 // clash between pip's pybind11 and the copy torch bundles.
 #include <pybind11/pybind11.h>
 
+#include <stdexcept>
 #include <string>
 
+#include "sp24/cslt_layout.h"
 #include "sp24_build_config.h"
 
 #ifdef SP24_WITH_CUDA
 #include <cuda_runtime_api.h>
+#include "cusparselt/cslt.h"
 #include "cusparselt/version.h"
 #endif
 
@@ -42,4 +45,34 @@ PYBIND11_MODULE(_C, m) {
 #endif
     return d;
   });
+  // What the check of the direct cuSPARSELt layout writer found (csrc/cusparselt/cslt.h), per key.
+  m.def("cslt_direct_layout_checks", []() {
+    py::list out;
+#ifdef SP24_WITH_CUDA
+    for (const auto& c : sp24::cslt::direct_layout_checks()) {
+      py::dict d;
+      d["device"] = c.device;
+      d["dtype"] = c.dtype;
+      d["M"] = c.M;
+      d["K"] = c.K;
+      d["bytes"] = c.bytes;
+      d["same"] = c.same;
+      out.append(d);
+    }
+#endif
+    return out;
+  });
+  // Host run of the direct writer's metadata function (the CUDA kernel is a grid-stride loop over
+  // it), so that a machine without a GPU can check it against sp24.reference.cslt_layout.
+  m.def("cslt_meta_host", [](py::bytes indices, int64_t M, int64_t K) {
+    std::string idx = indices;
+    if (!sp24::cslt_layout_domain(M, K) || static_cast<int64_t>(idx.size()) != M * K / 2) {
+      throw std::invalid_argument("sp24._C.cslt_meta_host: needs M % 64 == 0, K % 32 == 0 and M*K/2 index bytes");
+    }
+    std::string meta(static_cast<size_t>(M * K / 8), '\0');
+    for (int64_t off = 0; off < M * K / 8; ++off) {
+      meta[off] = static_cast<char>(sp24::cslt_meta_byte(reinterpret_cast<const uint8_t*>(idx.data()), K, off));
+    }
+    return py::bytes(meta);
+  }, py::arg("indices"), py::arg("M"), py::arg("K"));
 }

@@ -243,12 +243,16 @@ at::Tensor sparse24_mm(const at::Tensor& values, const at::Tensor& indices, cons
     c10::cuda::CUDAGuard guard(values.device());
     const int64_t M = values.size(0), Kc = values.size(1) * 2, Nc = b.size(1);
     const auto dt = values.scalar_type();
-    auto a = sparse24_to_dense<B>(values, indices);
+    std::optional<at::Tensor> dense;  // made only if cuSPARSELt's compression or the fallback needs it
+    auto a_dense = [&]() {
+      if (!dense.has_value()) dense = sparse24_to_dense<B>(values, indices);
+      return *dense;
+    };
     std::string why = cslt::static_unsupported_reason(M, Kc, Nc, dt, odt);
     if (why.empty()) {
-      // try_compress, not compress: an operand cuSPARSELt refuses (e.g. too many elements for one
+      // try_*, not compress: an operand cuSPARSELt refuses (e.g. too many elements for one
       // descriptor) takes the dense fallback below instead of raising.
-      auto ac = cslt::try_compress(op, a, false, &why);
+      auto ac = cslt::try_compress_sp24(op, values.contiguous(), indices.contiguous(), a_dense, false, &why);
       auto r = ac.has_value() ? cslt::try_mm(op, *ac, M, Kc, b, bias, odt, false, &why) : std::nullopt;
       if (r.has_value()) return *r;
     }
@@ -257,6 +261,7 @@ at::Tensor sparse24_mm(const at::Tensor& values, const at::Tensor& indices, cons
                       "); using a dense GEMM on the decompressed operand instead (same result, no 2:4 speed-up)");
     }
     // Dense fallback with the same numerics: fp32 accumulation, bias added before one rounding.
+    const at::Tensor a = a_dense();
     if (odt == dt && dt != at::kFloat) {
       return bias.has_value() ? at::addmm(*bias, a, b) : at::mm(a, b);
     }
@@ -312,7 +317,12 @@ at::Tensor sparse24_cslt_compress(const at::Tensor& values, const at::Tensor& in
   if constexpr (B == Backend::kCUDA) {
     c10::cuda::CUDAGuard guard(values.device());
     if (values.numel() == 0) return at::zeros({0}, values.options().dtype(at::kByte));
-    return cslt::compress(op, sparse24_to_dense<B>(values, indices), true);
+    std::string why;
+    auto r = cslt::try_compress_sp24(op, values.contiguous(), indices.contiguous(),
+                                     [&]() { return sparse24_to_dense<B>(values, indices); }, true, &why);
+    TORCH_CHECK_VALUE(r.has_value(), op, ": cuSPARSELt ", cslt::version(), " cannot compress this operand: ", why,
+                      "; use sp24.mm / sparse24_mm, which falls back to a dense GEMM");
+    return *r;
   }
 #endif
   const int64_t Mi = values.size(0);

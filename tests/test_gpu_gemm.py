@@ -312,3 +312,73 @@ def test_sparse24_mm_cuda_float32_out(dtype):
         out = _ops.mm(v.cuda(), i.cuda(), b.cuda(), None, torch.float32)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out.cpu(), reference.mm(v, i, b, None, torch.float32), rtol=1e-5, atol=1e-4)
+
+
+# ---- issue #3: is the CPU emulation of the layout cuSPARSELt's layout? ------------------------------
+def _needs_sm90():
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("the emulated / directly written layout is cuSPARSELt's sm_90 one; on this GPU "
+                    "cuSPARSELt's own compression is always used")
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", LOWP)
+@pytest.mark.parametrize("M,K", [(64, 32), (128, 96), (192, 256), (256, 4096), (16, 32), (80, 64)])
+def test_cslt_layout_emulation(M, K, dtype):
+    """cusparseLtSpMMACompress's bytes == sp24.reference.cslt_layout's, for the shapes the
+    emulation models (M % 64 == 0) and those where it pads rows (a guess)."""
+    _needs_sm90()
+    v, i = int_sparse(M, K, dtype, seed=M + K)
+    v = torch.arange(1, v.numel() + 1, dtype=torch.float32).reshape(v.shape).to(dtype)  # mostly distinct
+    got = _ops.cslt_compress(v.cuda(), i.cuda()).cpu()
+    emu = reference.cslt_layout(v, i)
+    nv = M * K // 2 * 2
+    assert torch.equal(got[:nv], emu[:nv]), "values region differs from row-major (M, K/2) kept values"
+    bad = (got[nv:] != emu[nv:]).nonzero().flatten()
+    assert bad.numel() == 0, (f"metadata differs at {bad.numel()} of {got.numel() - nv} bytes, first offsets "
+                              f"{bad[:8].tolist()}: got {got[nv:][bad[:8]].tolist()} emulated {emu[nv:][bad[:8]].tolist()}")
+
+
+_TORCH_DTYPE_NAME = {torch.bfloat16: "BFloat16", torch.float16: "Half"}
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", LOWP)
+def test_cslt_direct_writer_is_checked_before_it_serves(dtype, monkeypatch):
+    """The direct writer (csrc/sp24/cslt_layout.h) serves a shape only after its bytes equalled
+    cuSPARSELt's for that shape; the buffer is cuSPARSELt's either way, also for a new pattern."""
+    from sp24 import _C
+    _needs_sm90()
+    M, K = 320, 160  # a shape no other test compresses: a fresh check
+    v, i = int_sparse(M, K, dtype, seed=11)
+    v, i = v.cuda(), i.cuda()
+    monkeypatch.setenv("SP24_CSLT_DIRECT", "0")
+    want = _ops.cslt_compress(v, i)  # cusparseLtSpMMACompress only
+    assert not [c for c in _C.cslt_direct_layout_checks() if (c["M"], c["K"]) == (M, K)]
+    monkeypatch.delenv("SP24_CSLT_DIRECT")
+    first = _ops.cslt_compress(v, i)  # the check runs here
+    checks = [c for c in _C.cslt_direct_layout_checks()
+              if (c["M"], c["K"], c["dtype"]) == (M, K, _TORCH_DTYPE_NAME[dtype])]
+    assert len(checks) == 1, _C.cslt_direct_layout_checks()
+    second = _ops.cslt_compress(v, i)  # the direct writer, if the check passed
+    assert torch.equal(first, want) and torch.equal(second, want)
+    v2, i2 = int_sparse(M, K, dtype, seed=12)
+    v2, i2 = v2.cuda(), i2.cuda()
+    direct = _ops.cslt_compress(v2, i2)
+    monkeypatch.setenv("SP24_CSLT_DIRECT", "0")
+    assert torch.equal(direct, _ops.cslt_compress(v2, i2))
+    assert checks[0]["same"], ("sp24's direct writer does not reproduce cuSPARSELt's layout for this shape "
+                               "(results stay right: cuSPARSELt keeps compressing it); see test_cslt_layout_emulation")
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", LOWP)
+def test_sparse24_mm_same_bits_with_and_without_direct_writer(dtype, monkeypatch):
+    v, i = int_sparse(128, 256, dtype, seed=13)
+    b = torch.randn(256, 64, generator=gen(14)).to(dtype)
+    v, i, b = v.cuda(), i.cuda(), b.cuda()
+    monkeypatch.setenv("SP24_CSLT_DIRECT", "0")
+    want = _ops.mm(v, i, b)
+    monkeypatch.delenv("SP24_CSLT_DIRECT")
+    for _ in range(2):  # the first call checks, the second may use the direct writer
+        assert_bits_equal(_ops.mm(v, i, b), want)

@@ -29,6 +29,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "sp24/cslt_layout.h"
 #include "sp24/params.h"
 #include "sp24/select.h"
 
@@ -577,4 +578,19 @@ void to_dense24_cuda(const ToDense24Params& p, void* stream) {
   check_launch("sparse24_to_dense");
 }
 
+__global__ void __launch_bounds__(kThreads) cslt_meta24_kernel(const uint8_t* __restrict__ indices,
+                                                               uint8_t* __restrict__ meta, int64_t K, int64_t n) {
+  for (int64_t off = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; off < n; off += int64_t(gridDim.x) * blockDim.x) {
+    meta[off] = cslt_meta_byte(indices, K, off);
+  }
+}
+
+void cslt_meta24_cuda(const uint8_t* indices, uint8_t* meta, int64_t M, int64_t K, void* stream) {
+  const int64_t n = M * K / 8;
+  if (n == 0) return;
+  cslt_meta24_kernel<<<blocks_for(n), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(indices, meta, K, n);
+  check_launch("sparse24_cslt_compress (metadata)");
+}
+
 }  // namespace sp24
+

@@ -1,6 +1,8 @@
 // cuSPARSELt wrapper (see cslt.h for the design).
 #include "cusparselt/cslt.h"
 #include "cusparselt/version.h"
+#include "sp24/cslt_layout.h"
+#include "sp24/params.h"
 
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -335,14 +337,6 @@ std::optional<at::Tensor> try_compress(const char* op, const at::Tensor& a, bool
   return out;
 }
 
-at::Tensor compress(const char* op, const at::Tensor& a, bool sp24_size) {
-  std::string why;
-  auto r = try_compress(op, a, sp24_size, &why);
-  TORCH_CHECK_VALUE(r.has_value(), op, ": cuSPARSELt ", version(), " cannot compress this operand: ", why,
-                    "; use sp24.mm / sparse24_mm, which falls back to a dense GEMM");
-  return *r;
-}
-
 std::optional<at::Tensor> try_mm(const char* op, const at::Tensor& compressed, int64_t M, int64_t K,
                                  const at::Tensor& b_in, const std::optional<at::Tensor>& bias,
                                  at::ScalarType out_dtype, bool transpose_result, std::string* why) {
@@ -402,6 +396,90 @@ std::optional<at::Tensor> try_mm(const char* op, const at::Tensor& compressed, i
     return std::nullopt;
   }
   run_plan(op, h, p, a_buf, b, c.defined() ? &c : nullptr, out, stream);
+  return out;
+}
+
+namespace {
+struct DirectKey {
+  int device, dtype;
+  int64_t M, K, bytes;
+  bool operator<(const DirectKey& o) const {
+    return std::tie(device, dtype, M, K, bytes) < std::tie(o.device, o.dtype, o.M, o.K, o.bytes);
+  }
+};
+std::mutex direct_mutex;
+std::map<DirectKey, bool>& direct_checked() {  // key -> the direct writer's bytes were cuSPARSELt's
+  static std::map<DirectKey, bool> m;
+  return m;
+}
+
+bool direct_enabled() {
+  const char* e = std::getenv("SP24_CSLT_DIRECT");
+  return e == nullptr || std::string(e) != "0";
+}
+
+// values copied, metadata written by the layout kernel, zeros after it, `bytes` in all.
+at::Tensor write_direct(const at::Tensor& values, const at::Tensor& indices, int64_t bytes) {
+  const int64_t M = values.size(0), K = values.size(1) * 2;
+  const int64_t nv = values.numel() * values.element_size(), nm = M * K / 8;
+  at::Tensor out = at::empty({bytes}, values.options().dtype(at::kByte));
+  out.narrow(0, 0, nv).copy_(values.view(at::kByte).reshape({-1}));
+  cslt_meta24_cuda(indices.data_ptr<uint8_t>(), out.data_ptr<uint8_t>() + nv, M, K,
+                   at::cuda::getCurrentCUDAStream().stream());
+  if (bytes > nv + nm) out.narrow(0, nv + nm, bytes - nv - nm).zero_();
+  return out;
+}
+}  // namespace
+
+std::optional<at::Tensor> try_compress_sp24(const char* op, const at::Tensor& values, const at::Tensor& indices,
+                                            const std::function<at::Tensor()>& dense, bool sp24_size,
+                                            std::string* why) {
+  c10::cuda::CUDAGuard guard(values.device());
+  const int64_t M = values.size(0), K = values.size(1) * 2;
+  const auto dt = values.scalar_type();
+  // The candidate layout is the sm_90 one (Ampere's differs): other GPUs always use cuSPARSELt's compression.
+  const bool may_direct = direct_enabled() && (dt == at::kHalf || dt == at::kBFloat16) && cslt_layout_domain(M, K) &&
+                          values.is_contiguous() && indices.is_contiguous() &&
+                          at::cuda::getDeviceProperties(values.get_device())->major == 9;
+  if (!may_direct) return try_compress(op, dense(), sp24_size, why);
+  // The size cuSPARSELt asks for is known once it has compressed this shape; sp24's size is fixed.
+  DirectKey key{values.get_device(), static_cast<int>(dt), M, K, sp24_size ? compressed_bytes(M, K, dt) : -1};
+  {
+    std::lock_guard<std::mutex> lock(direct_mutex);
+    for (const auto& [k, same] : direct_checked()) {
+      if (same && k.device == key.device && k.dtype == key.dtype && k.M == M && k.K == K &&
+          (key.bytes < 0 || k.bytes == key.bytes)) {
+        return write_direct(values, indices, k.bytes);
+      }
+    }
+  }
+  auto ref = try_compress(op, dense(), sp24_size, why);
+  if (!ref.has_value()) return ref;
+  key.bytes = ref->numel();
+  {
+    std::lock_guard<std::mutex> lock(direct_mutex);
+    if (direct_checked().count(key)) return ref;  // checked before, and it differed
+  }
+  bool same = key.bytes >= values.numel() * values.element_size() + M * K / 8 &&
+              at::equal(write_direct(values, indices, key.bytes), *ref);
+  {
+    std::lock_guard<std::mutex> lock(direct_mutex);
+    direct_checked()[key] = same;
+  }
+  if (!same) {
+    TORCH_WARN(op, ": sp24's direct writer of cuSPARSELt's compressed layout (sp24/cslt_layout.h) does not reproduce ",
+               "cusparseLtSpMMACompress (cuSPARSELt ", version(), ") for a (", M, ", ", K, ") ", c10::toString(dt),
+               " operand; cuSPARSELt keeps compressing this shape (results are unaffected, only slower)");
+  }
+  return ref;
+}
+
+std::vector<DirectLayoutCheck> direct_layout_checks() {
+  std::lock_guard<std::mutex> lock(direct_mutex);
+  std::vector<DirectLayoutCheck> out;
+  for (const auto& [k, same] : direct_checked()) {
+    out.push_back({k.device, c10::toString(static_cast<at::ScalarType>(k.dtype)), k.M, k.K, k.bytes, same});
+  }
   return out;
 }
 

@@ -14,8 +14,10 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <functional>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace sp24 {
 namespace cslt {
@@ -33,12 +35,30 @@ std::string static_unsupported_reason(int64_t M, int64_t K, int64_t N, at::Scala
 // Compress a dense 2:4 matrix a (M, K), contiguous, on CUDA: a 1-D uint8 buffer in cuSPARSELt's
 // own layout (row-major A, op N) of compressed_bytes(M, K, a.dtype) bytes when sp24_size (the op's
 // contract; error if cuSPARSELt needs more), else of exactly the size cuSPARSELt asks for.
-// Raises a ValueError naming the op when cuSPARSELt refuses the operand (see try_compress).
-at::Tensor compress(const char* op, const at::Tensor& a, bool sp24_size);
-
-// As compress, but returns std::nullopt (and a reason) when cuSPARSELt reports that it cannot serve
-// this GPU / operand (e.g. too many elements), so that sparse24_mm can fall back to a dense GEMM.
+// Returns std::nullopt (and a reason) when cuSPARSELt reports that it cannot serve this GPU /
+// operand (e.g. too many elements), so that sparse24_mm can fall back to a dense GEMM.
 std::optional<at::Tensor> try_compress(const char* op, const at::Tensor& a, bool sp24_size, std::string* why);
+
+// As try_compress, for a 2:4 operand in sp24's canonical form (values, indices contiguous, CUDA);
+// `dense` returns its dense matrix (made only when cusparseLtSpMMACompress is called).
+// Direct writer: for 16-bit operands with M % 64 == 0 and K % 32 == 0 on sm_90 the buffer can be written
+// straight from (values, indices) (values copied, metadata by sp24/cslt_layout.h): no dense matrix,
+// no cuSPARSELt compression. That layout is reverse-engineered, so it is used for a (device, dtype,
+// M, K, size) key only after the buffer it wrote for the first operand of that key was byte-equal to
+// cuSPARSELt's own; on a mismatch a warning says so and cuSPARSELt keeps compressing that key.
+// SP24_CSLT_DIRECT=0 turns the direct writer off.
+std::optional<at::Tensor> try_compress_sp24(const char* op, const at::Tensor& values, const at::Tensor& indices,
+                                            const std::function<at::Tensor()>& dense, bool sp24_size,
+                                            std::string* why);
+
+// What the direct writer's check found so far, one entry per key (for tests and benchmarks).
+struct DirectLayoutCheck {
+  int device;
+  std::string dtype;
+  int64_t M, K, bytes;
+  bool same;  // the direct writer's bytes equalled cuSPARSELt's: it serves this key
+};
+std::vector<DirectLayoutCheck> direct_layout_checks();
 
 // out = A @ b (+ bias), A given by its compressed buffer. b (K, N) may be row-major (stride(1)==1)
 // or column-major (stride(0)==1, e.g. w.t()). transpose_result: return (A @ b).T of shape (N, M),

@@ -99,6 +99,9 @@ void sparsify24_transposed_cuda(const Sparsify24TransposedParams& p, void* strea
 void apply24_cuda(const Apply24Params& p, void* stream);
 void to_dense24_cuda(const ToDense24Params& p, void* stream);
 void transposed_split24_cuda(const TransposedSplit24Params& p, void* stream);
+// The metadata region (M*K/8 bytes) of the candidate cuSPARSELt layout (sp24/cslt_layout.h) from the
+// canonical indices (M, K/2); M % 64 == 0, K % 32 == 0.
+void cslt_meta24_cuda(const uint8_t* indices, uint8_t* meta, int64_t M, int64_t K, void* stream);
 #endif
 
 }  // namespace sp24

@@ -155,6 +155,13 @@ def result_doc(command: str, args, rows: list[dict], **extra) -> dict:
     return doc
 
 
+def cslt_direct_checks() -> list[dict]:
+    """What the check of the direct cuSPARSELt layout writer found in this process, per shape:
+    "same": True means the direct writer served that shape (csrc/cusparselt/cslt.h)."""
+    from sp24 import _C
+    return list(_C.cslt_direct_layout_checks())
+
+
 def unavailable_row(name: str, reason: str, status: str = "unavailable", **fields) -> dict:
     """A row without numbers: status "unavailable" (not in this build / environment) or "error"."""
     row = dict(fields)

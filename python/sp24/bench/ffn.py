@@ -231,5 +231,5 @@ def run(args) -> dict:
         if r["name"] == "sparse" and r["status"] == "ok" and r.get("speedup") is not None:
             series.setdefault(f"{r['mode']} d={r['d']} F={r['F']}", []).append((r["T"], r["speedup"]))
     plot = common.speedup_plot(series, f"sp24 FFN vs best dense, {args.dtype}, {common.gpu_name(args.device)}")
-    doc = common.result_doc(COMMAND, args, rows)
+    doc = common.result_doc(COMMAND, args, rows, cslt_direct_layout_checks=common.cslt_direct_checks())
     return common.write_outputs(args, COMMAND, doc, plots=[("ffn_speedup.png", plot)])

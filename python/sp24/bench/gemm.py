@@ -125,5 +125,5 @@ def run(args) -> dict:
         if r["name"] != "dense_mm" and r["status"] == "ok":
             series.setdefault(f"{r['name']} {r['model']} (d={r['d']}, F={r['F']})", []).append((r["T"], r["speedup"]))
     plot = common.speedup_plot(series, f"2:4 GEMM vs cuBLAS dense, {args.dtype}, {common.gpu_name(dev)}")
-    doc = common.result_doc(COMMAND, args, rows)
+    doc = common.result_doc(COMMAND, args, rows, cslt_direct_layout_checks=common.cslt_direct_checks())
     return common.write_outputs(args, COMMAND, doc, plots=[("gemm_speedup.png", plot)])

@@ -30,8 +30,20 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _kernels(C: int):
+def _gemm_ready(x):
+    v, i, _ = torch.ops.sp24.sparsify24(x, "largest", "relu2", False)
+    return torch.ops.sp24.sparse24_cslt_compress(v, i)
+
+
+def _kernels(C: int, dt: torch.dtype):
     ops = torch.ops.sp24
+    gemm_ready = [
+        # relu2 + sparsify, then the GEMM-ready cuSPARSELt buffer (on CUDA the checked direct writer
+        # once it serves the shape, else decompress + cusparseLtSpMMACompress). bytes: what one fused
+        # pass must move (read x; write buffer = values + M*K/8 metadata, and the indices)
+        ("sparsify24_relu2_gemm_ready", lambda x, y2, cols, sp: _gemm_ready(x),
+         lambda M, K, es: M * K * es + M * K // 2 * (es + 1) + M * K // 8),
+    ] if dt in (torch.float16, torch.bfloat16) else []
     return [
         # name, fn(x, y2, columns, split), bytes(M, K, es); split = (values, indices, sparse, dense)
         ("clone", lambda x, y2, cols, sp: x.clone(), lambda M, K, es: 2 * M * K * es),
@@ -39,6 +51,7 @@ def _kernels(C: int):
          lambda M, K, es: M * K * es + M * K // 2 * (es + 1)),
         ("sparsify24_relu2_counts", lambda x, y2, cols, sp: ops.sparsify24(x, "largest", "relu2", True),
          lambda M, K, es: M * K * es + M * K // 2 * (es + 1) + 4 * K),
+        *gemm_ready,
         ("sparsify24_transposed", lambda x, y2, cols, sp: ops.sparsify24_transposed(y2, "largest_abs", None),
          lambda M, K, es: M * K * es + K * M // 2 * (es + 1)),
         ("sparsify24_transposed_cols95", lambda x, y2, cols, sp: ops.sparsify24_transposed(y2, "largest_abs", cols),
@@ -78,7 +91,7 @@ def run(args) -> dict:
     pool = common.make_pool(make_set, 2 * M * K * es + M * K // 2 * (es + 1), args)  # x, y2, compressed Y2
     t = common.timer(args)
     rows, clone_us = [], None
-    for name, fn, nbytes in common.progress(_kernels(C), args, "sparsify"):
+    for name, fn, nbytes in common.progress(_kernels(C, dt), args, "sparsify"):
         nb = nbytes(M, K, es)
         fields = {"M": M, "K": K, "columns": C if name.endswith("95") else K, "bytes": nb}
         row = {"name": name, **fields}
@@ -94,5 +107,6 @@ def run(args) -> dict:
             clone_us = stats["median_us"]
         row["ratio_to_clone"] = stats["median_us"] / clone_us if clone_us else None
         rows.append(row)
-    doc = common.result_doc(COMMAND, args, rows, pool_sets=len(pool))
+    doc = common.result_doc(COMMAND, args, rows, pool_sets=len(pool),
+                             cslt_direct_layout_checks=common.cslt_direct_checks())
     return common.write_outputs(args, COMMAND, doc)

@@ -1,0 +1,40 @@
+// Candidate layout of cuSPARSELt's compressed 2:4 buffer (16-bit, sm_90, row-major A, op N), for
+// writing it without cusparseLtSpMMACompress. Source: public reverse engineering (pytorch/ao,
+// activation24), restated in sp24's terms in python/sp24/reference.py (cslt_layout, the CPU
+// emulation, with the derivation). NOT trusted by itself: sparse24_ops.cpp uses it for a shape only
+// after the bytes it gives for that shape were found equal to cuSPARSELt's own (see cslt_direct).
+//
+//   buffer = [ values (M, K/2) row-major | metadata (M * K / 8 bytes) ]     M % 64 == 0, K % 32 == 0
+//   metadata byte at offset
+//       off = band*(8*K) + c32*256 + r16*64 + r8*8 + p*4 + h*2 + e
+//   = nib(row, g) | nib(row + 8, g) << 4,  row = 64*band + 16*r16 + r8,  g = 8*c32 + 4*e + 2*p + h,
+//   nib(r, g) = idx[r, 2g] | idx[r, 2g + 1] << 2   (the canonical indices, increasing in a group).
+#pragma once
+#include <cstdint>
+
+#ifdef __CUDACC__
+#define SP24_HD __host__ __device__ __forceinline__
+#else
+#define SP24_HD inline
+#endif
+
+namespace sp24 {
+
+// True where the candidate layout is defined.
+SP24_HD bool cslt_layout_domain(int64_t M, int64_t K) { return M > 0 && K > 0 && M % 64 == 0 && K % 32 == 0; }
+
+// Metadata byte number `off` (0 <= off < M*K/8) from the canonical indices (M, K/2) row-major.
+SP24_HD uint8_t cslt_meta_byte(const uint8_t* indices, int64_t K, int64_t off) {
+  const int64_t band = off / (8 * K);
+  const int64_t rem = off - band * 8 * K;
+  const int64_t c32 = rem / 256;
+  const int q = static_cast<int>(rem % 256);
+  const int r16 = q / 64, r8 = (q % 64) / 8, p = (q % 8) / 4, h = (q % 4) / 2, e = q % 2;
+  const int64_t row = band * 64 + r16 * 16 + r8;
+  const int64_t g = c32 * 8 + 4 * e + 2 * p + h;
+  const uint8_t* lo = indices + row * (K / 2) + 2 * g;
+  const uint8_t* hi = lo + 8 * (K / 2);
+  return static_cast<uint8_t>((lo[0] | (lo[1] << 2)) | ((hi[0] | (hi[1] << 2)) << 4));
+}
+
+}  // namespace sp24
