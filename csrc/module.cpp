@@ -51,6 +51,7 @@ PYBIND11_MODULE(_C, m) {
 #ifdef SP24_WITH_CUDA
     for (const auto& c : sp24::cslt::direct_layout_checks()) {
       py::dict d;
+      d["writer"] = c.writer;
       d["device"] = c.device;
       d["dtype"] = c.dtype;
       d["M"] = c.M;

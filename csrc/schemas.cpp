@@ -25,6 +25,10 @@ TORCH_LIBRARY(sp24, m) {
   // GEMM-ready buffer of a 2:4 A (M, K) (fp16/bf16, M and K multiples of 16): 1-D uint8, device-
   // specific (cuSPARSELt's layout on CUDA, sp24's packing on CPU), M*K/2*elem + M*K/8 bytes.
   m.def("sparse24_cslt_compress(Tensor values, Tensor indices) -> Tensor");
+  // sparsify24 then sparse24_cslt_compress, in one op (one kernel on CUDA where checked, see
+  // sparse24_ops.cpp): (compressed, indices, counts); compressed's first M*K/2 elements are the values.
+  m.def("sparsify24_cslt(Tensor x, str algo=\"largest\", str? activation=None, bool with_counts=False)"
+        " -> (Tensor compressed, Tensor indices, Tensor counts)");
   // A @ b (+ bias) from that buffer: (m, N), or its transpose (N, m) when transpose_result.
   m.def("sparse24_cslt_mm(Tensor compressed, SymInt m, SymInt k, Tensor b, Tensor? bias=None,"
         " ScalarType? out_dtype=None, bool transpose_result=False) -> Tensor");

@@ -34,6 +34,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparsify24_shapes(const char* op,
   return {values, indices, counts};
 }
 
+Sparsify24Params sparsify24_params(const at::Tensor& x, void* values, const at::Tensor& indices,
+                                   const at::Tensor& counts, bool with_counts, int algo_id, bool relu2) {
+  Sparsify24Params p;
+  p.x = x.data_ptr();
+  p.x_row_stride = x.stride(0);
+  p.values = values;
+  p.indices = indices.data_ptr<uint8_t>();
+  p.counts = with_counts ? counts.data_ptr<int32_t>() : nullptr;
+  p.M = x.size(0);
+  p.K = x.size(1);
+  p.algo = algo_id;
+  p.relu2 = relu2;
+  p.dtype = to_dtype(x.scalar_type());
+  return p;
+}
+
 template <Backend B>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sparsify24(const at::Tensor& x, c10::string_view algo,
                                                           std::optional<c10::string_view> activation,
@@ -48,17 +64,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparsify24(const at::Tensor& x, c
              "; pad the last dim with zeros to a multiple of 4");
   auto [values, indices, counts] = sparsify24_shapes(op, x, with_counts);
   if constexpr (B != Backend::kMeta) {
-    Sparsify24Params p;
-    p.x = x.data_ptr();
-    p.x_row_stride = x.stride(0);
-    p.values = values.data_ptr();
-    p.indices = indices.data_ptr<uint8_t>();
-    p.counts = with_counts ? counts.data_ptr<int32_t>() : nullptr;
-    p.M = x.size(0);
-    p.K = x.size(1);
-    p.algo = algo_id;
-    p.relu2 = relu2;
-    p.dtype = to_dtype(x.scalar_type());
+    const Sparsify24Params p = sparsify24_params(x, values.data_ptr(), indices, counts, with_counts, algo_id, relu2);
     if (p.M == 0 || p.K == 0) return {values, indices, counts};
     if constexpr (B == Backend::kCPU) sparsify24_cpu(p);
 #ifdef SP24_WITH_CUDA
@@ -326,12 +332,78 @@ at::Tensor sparse24_cslt_compress(const at::Tensor& values, const at::Tensor& in
   }
 #endif
   const int64_t Mi = values.size(0);
-  auto idx = indices.view({Mi, -1, 2});
-  auto nib = at::bitwise_or(idx.select(2, 0), at::bitwise_left_shift(idx.select(2, 1), 2)).view({Mi, -1, 2});
+  const int64_t G = values.size(1) / 2;  // groups of 4 per row (explicit sizes: M may be 0)
+  auto idx = indices.view({Mi, G, 2});
+  auto nib = at::bitwise_or(idx.select(2, 0), at::bitwise_left_shift(idx.select(2, 1), 2)).view({Mi, G / 2, 2});
   auto meta = at::bitwise_or(nib.select(2, 0), at::bitwise_left_shift(nib.select(2, 1), 4));
   const int64_t used = values.numel() * es + meta.numel();
   return at::cat({values.contiguous().view(at::kByte).reshape({-1}), meta.reshape({-1}),
                   at::zeros({cslt_bytes(Mi, values.size(1) * 2, es) - used}, values.options().dtype(at::kByte))});
+}
+
+// sparsify24 + sparse24_cslt_compress in one op: (compressed, indices, counts), where compressed
+// is sparse24_cslt_compress(values, indices) of sparsify24(x, ...)'s values and indices, so
+// compressed[: M*K/2*elem] holds the values. On CUDA (sm_90, see csrc/cusparselt/cslt.h) one
+// kernel writes the buffer while sparsifying, once that kernel's bytes for the shape were checked
+// equal to the two-step result; until then, and elsewhere, it is the two steps.
+template <Backend B>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sparsify24_cslt(const at::Tensor& x, c10::string_view algo,
+                                                               std::optional<c10::string_view> activation,
+                                                               bool with_counts) {
+  const char* op = "sp24.sparsify24_cslt";
+  check_matrix(op, "x", x);
+  check_cslt_dtype(op, "x", x.scalar_type());
+  check_unit_col_stride(op, "x", x);
+  parse_algo(op, algo);
+  parse_activation(op, activation);
+  const auto M = x.sym_size(0), K = x.sym_size(1);
+  check_cslt_dims(op, M, K);
+  const auto es = static_cast<int64_t>(c10::elementSize(x.scalar_type()));
+  if constexpr (B == Backend::kMeta) {
+    auto [values, indices, counts] = sparsify24_shapes(op, x, with_counts);
+    return {at::empty_symint({cslt_bytes(M, K, es)}, x.options().dtype(at::kByte)), indices, counts};
+  }
+#ifdef SP24_WITH_CUDA
+  if constexpr (B == Backend::kCUDA) {
+    c10::cuda::CUDAGuard guard(x.device());
+    const int64_t Mi = x.size(0), Ki = x.size(1), bytes = cslt_bytes(Mi, Ki, es);
+    const int64_t nv = Mi * Ki / 2 * es, nm = Mi * Ki / 8;
+    at::Tensor indices = at::empty({Mi, Ki / 2}, x.options().dtype(at::kByte));
+    at::Tensor counts = with_counts ? at::zeros({Ki}, x.options().dtype(at::kInt)) : at::empty({0}, x.options().dtype(at::kInt));
+    // values: written into the buffer by the fused kernel (set there)
+    const Sparsify24Params p = sparsify24_params(x, nullptr, indices, counts, with_counts, parse_algo(op, algo),
+                                                 parse_activation(op, activation));
+    // fused: values and metadata straight into a fresh buffer (and indices, counts as sparsify24)
+    auto fused = [&](at::Tensor& idx, at::Tensor& cnt) {
+      at::Tensor buf = at::empty({bytes}, x.options().dtype(at::kByte));
+      if (bytes > nv + nm) buf.narrow(0, nv + nm, bytes - nv - nm).zero_();
+      Sparsify24Params q = p;
+      q.values = buf.data_ptr();
+      q.cslt_meta = buf.data_ptr<uint8_t>() + nv;
+      q.indices = idx.data_ptr<uint8_t>();
+      q.counts = with_counts ? cnt.data_ptr<int32_t>() : nullptr;
+      sparsify24_cuda(q, current_stream());
+      return buf;
+    };
+    const bool may_fuse = Mi > 0 && Ki > 0 && cslt::direct_allowed(x, Mi, Ki) && sparsify24_cuda_vectorised(p);
+    const auto seen = may_fuse ? cslt::find_direct_check(cslt::Writer::kFusedSparsify, x, Mi, Ki, bytes) : std::nullopt;
+    if (seen.has_value() && seen->same) return {fused(indices, counts), indices, counts};
+    at::Tensor values;
+    std::tie(values, indices, counts) = sparsify24<B>(x, algo, activation, with_counts);
+    at::Tensor buf = sparse24_cslt_compress<B>(values, indices);
+    if (may_fuse && !seen.has_value()) {  // check the fused kernel once for this shape
+      at::Tensor idx2 = at::empty_like(indices), cnt2 = at::zeros_like(counts);
+      at::Tensor buf2 = fused(idx2, cnt2);
+      const bool same = at::equal(buf2, buf) && at::equal(idx2, indices) && at::equal(cnt2, counts);
+      cslt::record_direct_check(cslt::Writer::kFusedSparsify, op, x, Mi, Ki, bytes, same);
+    }
+    return {buf, indices, counts};
+  }
+#endif
+  if constexpr (B != Backend::kMeta) {
+    auto [values, indices, counts] = sparsify24<B>(x, algo, activation, with_counts);
+    return {sparse24_cslt_compress<B>(values, indices), indices, counts};
+  }
 }
 
 template <Backend B>
@@ -463,6 +535,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse24_transposed_split(const a
   m.impl("sparse24_mm", &sparse24_mm<B>);                                           \
   m.impl("sparse24_cslt_compress", &sparse24_cslt_compress<B>);                     \
   m.impl("sparse24_cslt_mm", &sparse24_cslt_mm<B>);                                 \
+  m.impl("sparsify24_cslt", &sparsify24_cslt<B>);                                   \
   m.impl("sparse24_transposed_split", &sparse24_transposed_split<B>);
 
 TORCH_LIBRARY_IMPL(sp24, CPU, m) { SP24_REGISTER_ALL(Backend::kCPU) }

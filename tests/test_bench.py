@@ -125,6 +125,7 @@ def test_sparsify_tiny(tmp_path):
     doc = run_cmd(tmp_path, "sparsify")
     names = [r["name"] for r in doc["rows"]]
     assert names == ["clone", "sparsify24_relu2", "sparsify24_relu2_counts", "sparsify24_relu2_gemm_ready",
+                     "sparsify24_relu2_then_compress",
                      "sparsify24_transposed", "sparsify24_transposed_cols95", "sparse24_transposed_split95"]
     assert doc["cslt_direct_layout_checks"] == []  # CPU: the reference packing, no direct writer
     assert all(r["status"] == "ok" for r in doc["rows"]), doc["rows"]

@@ -130,6 +130,7 @@ __global__ void __launch_bounds__(kRowTx* kRowTy) sparsify24_rows_kernel(Sparsif
   int32_t cnt[kRowElems];
 #pragma unroll
   for (int e = 0; e < kRowElems; ++e) cnt[e] = 0;
+  uint8_t nib[kRowsPerThread][2] = {};  // the 4-bit metadata of this thread's 2 groups, per row
 
 #pragma unroll
   for (int i = 0; i < kRowsPerThread; ++i) {
@@ -156,6 +157,7 @@ __global__ void __launch_bounds__(kRowTx* kRowTy) sparsify24_rows_kernel(Sparsif
       pick(a, lo, hi, ov[2 * g], ov[2 * g + 1]);
       oi[2 * g] = lo;
       oi[2 * g + 1] = hi;
+      nib[i][g] = static_cast<uint8_t>(lo | (hi << 2));
     }
     T* vdst = vals + r * H + c0 / 2;
     uint8_t* idst = p.indices + r * H + c0 / 2;
@@ -167,6 +169,30 @@ __global__ void __launch_bounds__(kRowTx* kRowTy) sparsify24_rows_kernel(Sparsif
       for (int e = 0; e < 2 * ngroups; ++e) {
         vdst[e] = ov[e];
         idst[e] = oi[e];
+      }
+    }
+  }
+
+  if constexpr (kVec) {
+    if (p.cslt_meta != nullptr) {  // uniform over the launch
+      // Rows ty + 16*q and ty + 16*q + 8 of this 64-row band share the metadata bytes of a group
+      // (sp24/cslt_layout.h): row 8*hi + r8 of 16-row block r16 = q, r8 = ty. This thread's groups
+      // g0 = c0/4 (h = 0) and g0 + 1 (h = 1) sit in 32-column chunk c32 = c0/32 with p = tx % 2 and
+      // e = (tx % 4) / 2; the lane tx ^ 2 holds the other e, so each lane stores one 16-bit pair:
+      // e = 0 lanes the two h = 0 bytes, e = 1 lanes the two h = 1 bytes.
+      const int e = (tx & 3) >> 1, pp = tx & 1;
+      const int64_t base = static_cast<int64_t>(blockIdx.x) * 8 * p.K + (c0 / 32) * 256 + ty * 8 + pp * 4;
+#pragma unroll
+      for (int q = 0; q < kRowsPerThread / 2; ++q) {
+        const bool ok = r0 + (2 * q + 1) * kRowTy < p.M && ngroups == 2;  // K % 32 == 0: whole chunks
+        const uint32_t b0 = ok ? (nib[2 * q][0] | (nib[2 * q + 1][0] << 4)) : 0u;
+        const uint32_t b1 = ok ? (nib[2 * q][1] | (nib[2 * q + 1][1] << 4)) : 0u;
+        const uint32_t other = __shfl_xor_sync(0xffffffffu, b0 | (b1 << 8), 2);
+        if (ok) {
+          const uint16_t w = e == 0 ? static_cast<uint16_t>(b0 | ((other & 0xffu) << 8))
+                                    : static_cast<uint16_t>((other >> 8) | (b1 << 8));
+          *reinterpret_cast<uint16_t*>(p.cslt_meta + base + q * 64 + 2 * e) = w;
+        }
       }
     }
   }
@@ -475,11 +501,20 @@ __global__ void to_dense24_kernel(ToDense24Params p) {
 
 }  // namespace
 
+bool sparsify24_cuda_vectorised(const Sparsify24Params& p) {
+  const int64_t es = p.dtype == DType::kFloat32 ? 4 : 2;
+  return p.K % 8 == 0 && aligned16(p.x) && (p.x_row_stride * es) % 16 == 0;
+}
+
 void sparsify24_cuda(const Sparsify24Params& p, void* stream) {
   auto s = static_cast<cudaStream_t>(stream);
+  const bool vec = sparsify24_cuda_vectorised(p);
+  if (p.cslt_meta != nullptr && (!vec || p.dtype == DType::kFloat32 || !cslt_layout_domain(p.M, p.K))) {
+    throw std::runtime_error("sp24.sparsify24_cslt: internal error: the fused cuSPARSELt writer needs the vectorised "
+                             "16-bit path and M % 64 == 0, K % 32 == 0");
+  }
   dispatch_dtype(p.dtype, [&](auto t) {
     using T = decltype(t);
-    const bool vec = p.K % 8 == 0 && aligned16(p.x) && (p.x_row_stride * static_cast<int64_t>(sizeof(T))) % 16 == 0;
     const dim3 block(kRowTx, kRowTy);
     const int64_t col_blocks = (p.K + kRowTx * kRowElems - 1) / (kRowTx * kRowElems);
     if (col_blocks > 65535) throw std::runtime_error("sp24.sparsify24: x.size(1) must be below 16776960, got " + std::to_string(p.K));

@@ -401,22 +401,19 @@ std::optional<at::Tensor> try_mm(const char* op, const at::Tensor& compressed, i
 
 namespace {
 struct DirectKey {
-  int device, dtype;
+  int writer, device, dtype;
   int64_t M, K, bytes;
   bool operator<(const DirectKey& o) const {
-    return std::tie(device, dtype, M, K, bytes) < std::tie(o.device, o.dtype, o.M, o.K, o.bytes);
+    return std::tie(writer, device, dtype, M, K, bytes) < std::tie(o.writer, o.device, o.dtype, o.M, o.K, o.bytes);
   }
 };
 std::mutex direct_mutex;
-std::map<DirectKey, bool>& direct_checked() {  // key -> the direct writer's bytes were cuSPARSELt's
+std::map<DirectKey, bool>& direct_checked() {  // key -> the writer's bytes were cuSPARSELt's
   static std::map<DirectKey, bool> m;
   return m;
 }
 
-bool direct_enabled() {
-  const char* e = std::getenv("SP24_CSLT_DIRECT");
-  return e == nullptr || std::string(e) != "0";
-}
+const char* writer_name(int w) { return w == static_cast<int>(Writer::kPack) ? "pack" : "fused_sparsify"; }
 
 // values copied, metadata written by the layout kernel, zeros after it, `bytes` in all.
 at::Tensor write_direct(const at::Tensor& values, const at::Tensor& indices, int64_t bytes) {
@@ -431,46 +428,62 @@ at::Tensor write_direct(const at::Tensor& values, const at::Tensor& indices, int
 }
 }  // namespace
 
+bool direct_allowed(const at::Tensor& like, int64_t M, int64_t K) {
+  const char* e = std::getenv("SP24_CSLT_DIRECT");
+  if (e != nullptr && std::string(e) == "0") return false;
+  const auto dt = like.scalar_type();
+  // The candidate layout is the sm_90 one (Ampere's differs): other GPUs always use cuSPARSELt's compression.
+  return (dt == at::kHalf || dt == at::kBFloat16) && cslt_layout_domain(M, K) &&
+         at::cuda::getDeviceProperties(like.get_device())->major == 9;
+}
+
+std::optional<DirectLayoutCheck> find_direct_check(Writer w, const at::Tensor& like, int64_t M, int64_t K,
+                                                   int64_t bytes) {
+  std::lock_guard<std::mutex> lock(direct_mutex);
+  std::optional<DirectLayoutCheck> found;
+  for (const auto& [k, same] : direct_checked()) {
+    if (k.writer == static_cast<int>(w) && k.device == like.get_device() &&
+        k.dtype == static_cast<int>(like.scalar_type()) && k.M == M && k.K == K && (bytes < 0 || k.bytes == bytes)) {
+      found = DirectLayoutCheck{writer_name(k.writer), k.device, c10::toString(like.scalar_type()), M, K, k.bytes, same};
+      if (same) break;  // a key that serves wins
+    }
+  }
+  return found;
+}
+
+void record_direct_check(Writer w, const char* op, const at::Tensor& like, int64_t M, int64_t K, int64_t bytes,
+                         bool same) {
+  {
+    std::lock_guard<std::mutex> lock(direct_mutex);
+    direct_checked()[DirectKey{static_cast<int>(w), like.get_device(), static_cast<int>(like.scalar_type()), M, K,
+                               bytes}] = same;
+  }
+  if (!same) {
+    TORCH_WARN(op, ": sp24's ", writer_name(static_cast<int>(w)), " writer of cuSPARSELt's compressed layout ",
+               "(sp24/cslt_layout.h) does not reproduce cusparseLtSpMMACompress (cuSPARSELt ", version(), ") for a (",
+               M, ", ", K, ") ", c10::toString(like.scalar_type()),
+               " operand; cuSPARSELt keeps compressing this shape (results are unaffected, only slower)");
+  }
+}
+
 std::optional<at::Tensor> try_compress_sp24(const char* op, const at::Tensor& values, const at::Tensor& indices,
                                             const std::function<at::Tensor()>& dense, bool sp24_size,
                                             std::string* why) {
   c10::cuda::CUDAGuard guard(values.device());
   const int64_t M = values.size(0), K = values.size(1) * 2;
-  const auto dt = values.scalar_type();
-  // The candidate layout is the sm_90 one (Ampere's differs): other GPUs always use cuSPARSELt's compression.
-  const bool may_direct = direct_enabled() && (dt == at::kHalf || dt == at::kBFloat16) && cslt_layout_domain(M, K) &&
-                          values.is_contiguous() && indices.is_contiguous() &&
-                          at::cuda::getDeviceProperties(values.get_device())->major == 9;
-  if (!may_direct) return try_compress(op, dense(), sp24_size, why);
+  if (!(direct_allowed(values, M, K) && values.is_contiguous() && indices.is_contiguous())) {
+    return try_compress(op, dense(), sp24_size, why);
+  }
   // The size cuSPARSELt asks for is known once it has compressed this shape; sp24's size is fixed.
-  DirectKey key{values.get_device(), static_cast<int>(dt), M, K, sp24_size ? compressed_bytes(M, K, dt) : -1};
-  {
-    std::lock_guard<std::mutex> lock(direct_mutex);
-    for (const auto& [k, same] : direct_checked()) {
-      if (same && k.device == key.device && k.dtype == key.dtype && k.M == M && k.K == K &&
-          (key.bytes < 0 || k.bytes == key.bytes)) {
-        return write_direct(values, indices, k.bytes);
-      }
-    }
-  }
+  const int64_t want = sp24_size ? compressed_bytes(M, K, values.scalar_type()) : -1;
+  auto seen = find_direct_check(Writer::kPack, values, M, K, want);
+  if (seen.has_value() && seen->same) return write_direct(values, indices, seen->bytes);
   auto ref = try_compress(op, dense(), sp24_size, why);
-  if (!ref.has_value()) return ref;
-  key.bytes = ref->numel();
-  {
-    std::lock_guard<std::mutex> lock(direct_mutex);
-    if (direct_checked().count(key)) return ref;  // checked before, and it differed
-  }
-  bool same = key.bytes >= values.numel() * values.element_size() + M * K / 8 &&
-              at::equal(write_direct(values, indices, key.bytes), *ref);
-  {
-    std::lock_guard<std::mutex> lock(direct_mutex);
-    direct_checked()[key] = same;
-  }
-  if (!same) {
-    TORCH_WARN(op, ": sp24's direct writer of cuSPARSELt's compressed layout (sp24/cslt_layout.h) does not reproduce ",
-               "cusparseLtSpMMACompress (cuSPARSELt ", version(), ") for a (", M, ", ", K, ") ", c10::toString(dt),
-               " operand; cuSPARSELt keeps compressing this shape (results are unaffected, only slower)");
-  }
+  if (!ref.has_value() || seen.has_value()) return ref;  // (checked before, and it differed)
+  const int64_t bytes = ref->numel();
+  const bool same = bytes >= values.numel() * values.element_size() + M * K / 8 &&
+                    at::equal(write_direct(values, indices, bytes), *ref);
+  record_direct_check(Writer::kPack, op, values, M, K, bytes, same);
   return ref;
 }
 
@@ -478,7 +491,8 @@ std::vector<DirectLayoutCheck> direct_layout_checks() {
   std::lock_guard<std::mutex> lock(direct_mutex);
   std::vector<DirectLayoutCheck> out;
   for (const auto& [k, same] : direct_checked()) {
-    out.push_back({k.device, c10::toString(static_cast<at::ScalarType>(k.dtype)), k.M, k.K, k.bytes, same});
+    out.push_back({writer_name(k.writer), k.device, c10::toString(static_cast<at::ScalarType>(k.dtype)), k.M, k.K,
+                   k.bytes, same});
   }
   return out;
 }

@@ -28,6 +28,10 @@ struct Sparsify24Params {
   int algo = 0;
   bool relu2 = false;
   DType dtype = DType::kFloat32;
+  // CUDA only (sparsify24_cslt): also write the metadata of the candidate cuSPARSELt layout
+  // (sp24/cslt_layout.h) here, M*K/8 bytes; `values` is then the buffer's values region. Needs
+  // M % 64 == 0, K % 32 == 0, a 16-bit dtype and the vectorised path (sparsify24_cuda_vectorised).
+  uint8_t* cslt_meta = nullptr;
 };
 
 // 2:4 along the rows (tokens) of x (T, N), for the columns `columns` (C of them, any order) or all
@@ -95,6 +99,8 @@ void transposed_split24_cpu(const TransposedSplit24Params& p);
 #ifdef SP24_WITH_CUDA
 // CUDA kernels (csrc/cuda/sparse24_cuda.cu); `stream` is a cudaStream_t.
 void sparsify24_cuda(const Sparsify24Params& p, void* stream);
+// Whether sparsify24_cuda takes its vectorised path for p (16-byte aligned rows, K % 8 == 0).
+bool sparsify24_cuda_vectorised(const Sparsify24Params& p);
 void sparsify24_transposed_cuda(const Sparsify24TransposedParams& p, void* stream);
 void apply24_cuda(const Apply24Params& p, void* stream);
 void to_dense24_cuda(const ToDense24Params& p, void* stream);

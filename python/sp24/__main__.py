@@ -78,8 +78,16 @@ def _checks(device: str, dtype: torch.dtype, seed: int):
         buf = _ops.cslt_compress(vi.to(device), ii.to(device))
         got = _ops.cslt_mm(buf, 32, 64, bb.to(device), None, None, False)
         return torch.equal(got.cpu(), reference.cslt_mm(vi, ii, bb))
+    def sparsify_cslt():  # the GEMM-ready buffer straight from x: same values / indices / counts
+        a = torch.randn(64, 96, generator=g).to(dtype)
+        buf, ii, cc = _ops.sparsify24_cslt(a.to(device), "largest", "relu2", True)
+        vr, ir, cr = reference.sparsify24(a, "largest", "relu2", True)
+        vals = _ops.values_of(buf, 64, 96, dtype).cpu()
+        return _same_bits(vals, vr) and torch.equal(ii.cpu(), ir) and torch.equal(cc.cpu(), cr) and \
+            torch.equal(buf.cpu() if device == "cpu" else buf, _ops.cslt_compress(vr.to(device), ir.to(device)))
     if dtype != torch.float32:  # the GEMM-ready buffer is fp16/bf16 only (no 2:4 fp32 GEMM in cuSPARSELt)
         yield "sparse24_cslt_compress+mm", cslt
+        yield "sparsify24_cslt", sparsify_cslt
 
 
 def main(argv=None) -> int:

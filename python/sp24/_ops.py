@@ -72,7 +72,21 @@ def cslt_mm(compressed: Tensor, m: int, k: int, b: Tensor, bias: Optional[Tensor
     return _ops.sparse24_cslt_mm(compressed, m, k, b, bias, out_dtype, transpose_result)
 
 
-OP_NAMES = OP_NAMES + ("sparse24_cslt_compress", "sparse24_cslt_mm")
+def sparsify24_cslt(x: Tensor, algo: str = "largest", activation: Optional[str] = None,
+                    with_counts: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """sparsify24 + cslt_compress in one op: (compressed, indices, counts); the first M*K/2
+    elements of `compressed` are the values (`values_of`). On CUDA one kernel writes it while
+    sparsifying, for the shapes where that kernel was checked against cuSPARSELt (csrc/cusparselt/cslt.h)."""
+    return _ops.sparsify24_cslt(x, algo, activation, with_counts)
+
+
+def values_of(compressed: Tensor, m: int, k: int, dtype: torch.dtype) -> Tensor:
+    """The (m, k/2) values held at the front of a GEMM-ready buffer (a view, no copy)."""
+    es = torch.empty((), dtype=dtype).element_size()
+    return compressed[: m * (k // 2) * es].view(dtype).view(m, k // 2)
+
+
+OP_NAMES = OP_NAMES + ("sparse24_cslt_compress", "sparse24_cslt_mm", "sparsify24_cslt")
 
 
 # ---- issue #4: the FFN backward's feature split, straight from the compressed rows ---------------

@@ -207,6 +207,14 @@ def cslt_layout(values: Tensor, indices: Tensor) -> Tensor:
     return out
 
 
+def sparsify24_cslt(x: Tensor, algo: str = "largest", activation: Optional[str] = None,
+                    with_counts: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """What sparse24 op sparsify24_cslt returns on CPU: (cslt_pack(values, indices), indices, counts)
+    of sparsify24(x, ...). (On CUDA the buffer is cuSPARSELt's layout of the same values and indices.)"""
+    values, indices, counts = sparsify24(x, algo, activation, with_counts)
+    return cslt_pack(values, indices), indices, counts
+
+
 def cslt_mm(values: Tensor, indices: Tensor, b: Tensor, bias: Optional[Tensor] = None,
             out_dtype: Optional[torch.dtype] = None, transpose_result: bool = False) -> Tensor:
     """What sparse24_cslt_mm(sparse24_cslt_compress(values, indices), ...) computes."""

@@ -19,7 +19,7 @@ class Sp24Tensor:
 
     __slots__ = ("_values", "_indices", "_packed")
 
-    def __init__(self, values: Tensor, indices: Tensor):
+    def __init__(self, values: Tensor, indices: Tensor, packed: Optional[Tensor] = None):
         if not isinstance(values, Tensor) or not isinstance(indices, Tensor):
             raise TypeError("sp24.Sp24Tensor: values and indices must be tensors, got "
                             f"{type(values).__name__} and {type(indices).__name__}")
@@ -33,7 +33,9 @@ class Sp24Tensor:
                              f"{values.device} and {indices.device}")
         self._values = values.contiguous()
         self._indices = indices.contiguous()
-        self._packed: Optional[Tensor] = None
+        # `packed`: the GEMM-ready buffer of exactly these values and indices (e.g. from
+        # sparsify24_cslt), else built on first use
+        self._packed: Optional[Tensor] = packed
 
     # -- shape & type -------------------------------------------------------------------------
     @property

@@ -30,7 +30,7 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _gemm_ready(x):
+def _then_compress(x):
     v, i, _ = torch.ops.sp24.sparsify24(x, "largest", "relu2", False)
     return torch.ops.sp24.sparse24_cslt_compress(v, i)
 
@@ -38,10 +38,12 @@ def _gemm_ready(x):
 def _kernels(C: int, dt: torch.dtype):
     ops = torch.ops.sp24
     gemm_ready = [
-        # relu2 + sparsify, then the GEMM-ready cuSPARSELt buffer (on CUDA the checked direct writer
-        # once it serves the shape, else decompress + cusparseLtSpMMACompress). bytes: what one fused
-        # pass must move (read x; write buffer = values + M*K/8 metadata, and the indices)
-        ("sparsify24_relu2_gemm_ready", lambda x, y2, cols, sp: _gemm_ready(x),
+        # relu2 + sparsify + the GEMM-ready cuSPARSELt buffer: one op (on CUDA one kernel, once
+        # checked for the shape), and the two steps. bytes: what one fused pass must move (read x;
+        # write the buffer = values + M*K/8 metadata, and the indices)
+        ("sparsify24_relu2_gemm_ready", lambda x, y2, cols, sp: ops.sparsify24_cslt(x, "largest", "relu2", False),
+         lambda M, K, es: M * K * es + M * K // 2 * (es + 1) + M * K // 8),
+        ("sparsify24_relu2_then_compress", lambda x, y2, cols, sp: _then_compress(x),
          lambda M, K, es: M * K * es + M * K // 2 * (es + 1) + M * K // 8),
     ] if dt in (torch.float16, torch.bfloat16) else []
     return [
