@@ -18,8 +18,9 @@
 #   SP24_CHECK_BUDGET      seconds for the whole script (default 570): each step's time box is
 #                          cut to what is left; a step with under 10 s left is skipped (failed)
 #   SP24_STEPS             run only these steps (space-separated names: build pytest memcheck
-#                          racecheck goldens bench_sparsify bench_gemm bench_ffn bench_binaries);
-#                          e.g. two device calls: SP24_STEPS="build pytest memcheck racecheck goldens"
+#                          memcheck_cslt racecheck goldens bench_sparsify bench_gemm bench_ffn
+#                          bench_binaries); e.g. two device calls:
+#                          SP24_STEPS="build pytest memcheck memcheck_cslt racecheck goldens"
 #                          then SP24_STEPS="build bench_sparsify bench_gemm bench_ffn bench_binaries"
 #                          (each call starts on a fresh machine, so each builds)
 set -uo pipefail
@@ -117,6 +118,11 @@ RACECHECK_K=${SP24_RACECHECK_K:-"small and not dtype0 and not dtype1 and not tie
 # a tensor's end is caught instead of landing in a cached neighbour.
 step memcheck 120 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 99 --print-limit 50 \
   "$PY" -m pytest tests/test_gpu_kernels.py -x -q -p no:cacheprovider -k "$MEMCHECK_K"
+# the cuSPARSELt layout writers (the pack kernel and sparsify24_cslt's fused stores): a fresh process,
+# so each shape's first call runs the writer next to cuSPARSELt's compression
+step memcheck_cslt 90 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 99 --print-limit 50 \
+  "$PY" -m pytest tests/test_sparsify_cslt.py tests/test_gpu_gemm.py -q -p no:cacheprovider \
+  -k "fused_writer or direct_writer or (cuda and 64x128 and randn)"
 step racecheck 100 compute-sanitizer --tool racecheck --racecheck-report all --error-exitcode 99 --print-limit 50 \
   "$PY" -m pytest tests/test_gpu_kernels.py -x -q -p no:cacheprovider -k "$RACECHECK_K"
 
