@@ -342,10 +342,9 @@ at::Tensor sparse24_cslt_compress(const at::Tensor& values, const at::Tensor& in
 }
 
 // sparsify24 + sparse24_cslt_compress in one op: (compressed, indices, counts), where compressed
-// is sparse24_cslt_compress(values, indices) of sparsify24(x, ...)'s values and indices, so
-// compressed[: M*K/2*elem] holds the values. On CUDA (sm_90, see csrc/cusparselt/cslt.h) one
-// kernel writes the buffer while sparsifying, once that kernel's bytes for the shape were checked
-// equal to the two-step result; until then, and elsewhere, it is the two steps.
+// is sparse24_cslt_compress(values, indices) of sparsify24(x, ...)'s values and indices. On CUDA
+// (sm_90, see csrc/cusparselt/cslt.h) one kernel writes the buffer while sparsifying, for shapes
+// where that kernel was checked equal to cuSPARSELt's compression; elsewhere, the two steps.
 template <Backend B>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sparsify24_cslt(const at::Tensor& x, c10::string_view algo,
                                                                std::optional<c10::string_view> activation,
@@ -367,37 +366,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparsify24_cslt(const at::Tensor&
   if constexpr (B == Backend::kCUDA) {
     c10::cuda::CUDAGuard guard(x.device());
     const int64_t Mi = x.size(0), Ki = x.size(1), bytes = cslt_bytes(Mi, Ki, es);
-    const int64_t nv = Mi * Ki / 2 * es, nm = Mi * Ki / 8;
-    at::Tensor indices = at::empty({Mi, Ki / 2}, x.options().dtype(at::kByte));
-    at::Tensor counts = with_counts ? at::zeros({Ki}, x.options().dtype(at::kInt)) : at::empty({0}, x.options().dtype(at::kInt));
-    // values: written into the buffer by the fused kernel (set there)
-    const Sparsify24Params p = sparsify24_params(x, nullptr, indices, counts, with_counts, parse_algo(op, algo),
-                                                 parse_activation(op, activation));
-    // fused: values and metadata straight into a fresh buffer (and indices, counts as sparsify24)
-    auto fused = [&](at::Tensor& idx, at::Tensor& cnt) {
-      at::Tensor buf = at::empty({bytes}, x.options().dtype(at::kByte));
-      if (bytes > nv + nm) buf.narrow(0, nv + nm, bytes - nv - nm).zero_();
-      Sparsify24Params q = p;
-      q.values = buf.data_ptr();
-      q.cslt_meta = buf.data_ptr<uint8_t>() + nv;
-      q.indices = idx.data_ptr<uint8_t>();
-      q.counts = with_counts ? cnt.data_ptr<int32_t>() : nullptr;
-      sparsify24_cuda(q, current_stream());
-      return buf;
-    };
-    const bool may_fuse = Mi > 0 && Ki > 0 && cslt::direct_allowed(x, Mi, Ki) && sparsify24_cuda_vectorised(p);
-    const auto seen = may_fuse ? cslt::find_direct_check(cslt::Writer::kFusedSparsify, x, Mi, Ki, bytes) : std::nullopt;
-    if (seen.has_value() && seen->same) return {fused(indices, counts), indices, counts};
-    at::Tensor values;
-    std::tie(values, indices, counts) = sparsify24<B>(x, algo, activation, with_counts);
-    at::Tensor buf = sparse24_cslt_compress<B>(values, indices);
-    if (may_fuse && !seen.has_value()) {  // check the fused kernel once for this shape
-      at::Tensor idx2 = at::empty_like(indices), cnt2 = at::zeros_like(counts);
-      at::Tensor buf2 = fused(idx2, cnt2);
-      const bool same = at::equal(buf2, buf) && at::equal(idx2, indices) && at::equal(cnt2, counts);
-      cslt::record_direct_check(cslt::Writer::kFusedSparsify, op, x, Mi, Ki, bytes, same);
+    if (Mi > 0 && Ki > 0 && cslt::direct_allowed(x, Mi, Ki)) {
+      at::Tensor indices = at::empty({Mi, Ki / 2}, x.options().dtype(at::kByte));
+      at::Tensor counts = with_counts ? at::zeros({Ki}, x.options().dtype(at::kInt)) : at::empty({0}, x.options().dtype(at::kInt));
+      Sparsify24Params p = sparsify24_params(x, nullptr, indices, counts, with_counts, parse_algo(op, algo),
+                                             parse_activation(op, activation));
+      auto w = sparsify24_cuda_vectorised(p) ? cslt::direct_writers(op, x, Mi, Ki) : std::nullopt;
+      if (w.has_value() && w->fused && w->bytes <= bytes) {
+        // one kernel: values and metadata straight into the buffer, indices and counts as sparsify24
+        const int64_t nv = Mi * Ki / 2 * es, nm = Mi * Ki / 8;
+        at::Tensor buf = at::empty({bytes}, x.options().dtype(at::kByte));
+        if (bytes > nv + nm) buf.narrow(0, nv + nm, bytes - nv - nm).zero_();
+        p.values = buf.data_ptr();
+        p.cslt_meta = buf.data_ptr<uint8_t>() + nv;
+        sparsify24_cuda(p, current_stream());
+        return {buf, indices, counts};
+      }
     }
-    return {buf, indices, counts};
+    // two steps: sparsify24, then the buffer (the pack writer where it was checked, else cuSPARSELt)
+    auto [values, indices, counts] = sparsify24<B>(x, algo, activation, with_counts);
+    return {sparse24_cslt_compress<B>(values, indices), indices, counts};
   }
 #endif
   if constexpr (B != Backend::kMeta) {

@@ -345,8 +345,8 @@ _TORCH_DTYPE_NAME = {torch.bfloat16: "BFloat16", torch.float16: "Half"}
 @requires_cuda
 @pytest.mark.parametrize("dtype", LOWP)
 def test_cslt_direct_writer_is_checked_before_it_serves(dtype, monkeypatch):
-    """The direct writer (csrc/sp24/cslt_layout.h) serves a shape only after its bytes equalled
-    cuSPARSELt's for that shape; the buffer is cuSPARSELt's either way, also for a new pattern."""
+    """The pack writer (csrc/sp24/cslt_layout.h) serves a shape only after its bytes for a synthetic
+    operand of that shape equalled cuSPARSELt's; the buffer is cuSPARSELt's either way."""
     from sp24 import _C
     _needs_sm90()
     M, K = 320, 160  # a shape no other test compresses: a fresh check
@@ -358,7 +358,7 @@ def test_cslt_direct_writer_is_checked_before_it_serves(dtype, monkeypatch):
     monkeypatch.delenv("SP24_CSLT_DIRECT")
     first = _ops.cslt_compress(v, i)  # the check runs here
     checks = [c for c in _C.cslt_direct_layout_checks()
-              if (c["M"], c["K"], c["dtype"]) == (M, K, _TORCH_DTYPE_NAME[dtype])]
+              if (c["writer"], c["M"], c["K"], c["dtype"]) == ("pack", M, K, _TORCH_DTYPE_NAME[dtype])]
     assert len(checks) == 1, _C.cslt_direct_layout_checks()
     second = _ops.cslt_compress(v, i)  # the direct writer, if the check passed
     assert torch.equal(first, want) and torch.equal(second, want)

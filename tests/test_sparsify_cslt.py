@@ -11,7 +11,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-import sp24
 from helpers import DEVICES, assert_bits_equal, randn, requires_cuda, special, tie_heavy
 from sp24 import _ops, reference
 
@@ -106,13 +105,3 @@ def test_cuda_fused_writer_is_checked_before_it_serves(dtype, monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(got2, want2))
     assert checks[0]["same"], ("the fused sparsify kernel's buffer differs from sparsify24 + cuSPARSELt's compression "
                                "for this shape (results stay right: the two steps keep running)")
-
-
-@requires_cuda
-def test_api_sparsify24_holds_the_buffer_on_cuda():
-    x = randn(64, 128, torch.bfloat16, seed=23).cuda()
-    s = sp24.sparsify24(x, "largest", "relu2")
-    assert s._packed is not None
-    assert torch.equal(s.packed(), _ops.cslt_compress(s.values(), s.indices()))
-    b = randn(128, 32, torch.bfloat16, seed=24).cuda()
-    assert_bits_equal(s @ b, _ops.mm(s.values(), s.indices(), b))

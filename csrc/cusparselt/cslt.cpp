@@ -5,6 +5,8 @@
 #include "sp24/params.h"
 
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/CUDAGeneratorImpl.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/util/Exception.h>
 #include <cusparseLt.h>
@@ -400,20 +402,20 @@ std::optional<at::Tensor> try_mm(const char* op, const at::Tensor& compressed, i
 }
 
 namespace {
-struct DirectKey {
-  int writer, device, dtype;
-  int64_t M, K, bytes;
-  bool operator<(const DirectKey& o) const {
-    return std::tie(writer, device, dtype, M, K, bytes) < std::tie(o.writer, o.device, o.dtype, o.M, o.K, o.bytes);
+// One check per (device, dtype, M, K): both writers against cusparseLtSpMMACompress, on a synthetic
+// operand (never the caller's data: an all-zero first operand would make any byte order look right).
+struct ShapeKey {
+  int device, dtype;
+  int64_t M, K;
+  bool operator<(const ShapeKey& o) const {
+    return std::tie(device, dtype, M, K) < std::tie(o.device, o.dtype, o.M, o.K);
   }
 };
 std::mutex direct_mutex;
-std::map<DirectKey, bool>& direct_checked() {  // key -> the writer's bytes were cuSPARSELt's
-  static std::map<DirectKey, bool> m;
+std::map<ShapeKey, DirectWriters>& direct_checked() {
+  static std::map<ShapeKey, DirectWriters> m;
   return m;
 }
-
-const char* writer_name(int w) { return w == static_cast<int>(Writer::kPack) ? "pack" : "fused_sparsify"; }
 
 // values copied, metadata written by the layout kernel, zeros after it, `bytes` in all.
 at::Tensor write_direct(const at::Tensor& values, const at::Tensor& indices, int64_t bytes) {
@@ -426,6 +428,50 @@ at::Tensor write_direct(const at::Tensor& values, const at::Tensor& indices, int
   if (bytes > nv + nm) out.narrow(0, nv + nm, bytes - nv - nm).zero_();
   return out;
 }
+
+DType kernel_dtype(at::ScalarType t) { return t == at::kHalf ? DType::kFloat16 : DType::kBFloat16; }
+
+DirectWriters run_check(const char* op, const at::Tensor& like, int64_t M, int64_t K) {
+  void* stream = at::cuda::getCurrentCUDAStream().stream();
+  auto gen = at::cuda::detail::createCUDAGenerator(like.get_device());  // private: the user's RNG is untouched
+  gen.set_current_seed(0x5eed24);
+  const auto opts = like.options();
+  at::Tensor x = at::randn({M, K}, gen, opts);
+  at::Tensor values = at::empty({M, K / 2}, opts), indices = at::empty({M, K / 2}, opts.dtype(at::kByte));
+  Sparsify24Params p;
+  p.x = x.data_ptr();
+  p.x_row_stride = K;
+  p.values = values.data_ptr();
+  p.indices = indices.data_ptr<uint8_t>();
+  p.M = M;
+  p.K = K;
+  p.dtype = kernel_dtype(like.scalar_type());
+  sparsify24_cuda(p, stream);
+  at::Tensor dense = at::empty({M, K}, opts);
+  ToDense24Params d;
+  d.values = values.data_ptr();
+  d.indices = indices.data_ptr<uint8_t>();
+  d.out = dense.data_ptr();
+  d.M = M;
+  d.K = K;
+  d.dtype = p.dtype;
+  to_dense24_cuda(d, stream);
+  std::string why;
+  auto ref = try_compress(op, dense, false, &why);
+  DirectWriters r;
+  if (!ref.has_value()) return r;  // cuSPARSELt takes no such operand: nothing to match
+  r.bytes = ref->numel();
+  if (r.bytes < values.numel() * values.element_size() + M * K / 8) return r;
+  r.pack = at::equal(write_direct(values, indices, r.bytes), *ref);
+  at::Tensor buf = at::zeros({r.bytes}, opts.dtype(at::kByte)), idx2 = at::empty_like(indices);
+  Sparsify24Params q = p;
+  q.values = buf.data_ptr();
+  q.indices = idx2.data_ptr<uint8_t>();
+  q.cslt_meta = buf.data_ptr<uint8_t>() + values.numel() * values.element_size();
+  sparsify24_cuda(q, stream);
+  r.fused = at::equal(buf, *ref) && at::equal(idx2, indices);
+  return r;
+}
 }  // namespace
 
 bool direct_allowed(const at::Tensor& like, int64_t M, int64_t K) {
@@ -437,33 +483,29 @@ bool direct_allowed(const at::Tensor& like, int64_t M, int64_t K) {
          at::cuda::getDeviceProperties(like.get_device())->major == 9;
 }
 
-std::optional<DirectLayoutCheck> find_direct_check(Writer w, const at::Tensor& like, int64_t M, int64_t K,
-                                                   int64_t bytes) {
-  std::lock_guard<std::mutex> lock(direct_mutex);
-  std::optional<DirectLayoutCheck> found;
-  for (const auto& [k, same] : direct_checked()) {
-    if (k.writer == static_cast<int>(w) && k.device == like.get_device() &&
-        k.dtype == static_cast<int>(like.scalar_type()) && k.M == M && k.K == K && (bytes < 0 || k.bytes == bytes)) {
-      found = DirectLayoutCheck{writer_name(k.writer), k.device, c10::toString(like.scalar_type()), M, K, k.bytes, same};
-      if (same) break;  // a key that serves wins
-    }
-  }
-  return found;
-}
-
-void record_direct_check(Writer w, const char* op, const at::Tensor& like, int64_t M, int64_t K, int64_t bytes,
-                         bool same) {
+std::optional<DirectWriters> direct_writers(const char* op, const at::Tensor& like, int64_t M, int64_t K) {
+  const ShapeKey key{like.get_device(), static_cast<int>(like.scalar_type()), M, K};
   {
     std::lock_guard<std::mutex> lock(direct_mutex);
-    direct_checked()[DirectKey{static_cast<int>(w), like.get_device(), static_cast<int>(like.scalar_type()), M, K,
-                               bytes}] = same;
+    auto it = direct_checked().find(key);
+    if (it != direct_checked().end()) return it->second;
   }
-  if (!same) {
-    TORCH_WARN(op, ": sp24's ", writer_name(static_cast<int>(w)), " writer of cuSPARSELt's compressed layout ",
-               "(sp24/cslt_layout.h) does not reproduce cusparseLtSpMMACompress (cuSPARSELt ", version(), ") for a (",
-               M, ", ", K, ") ", c10::toString(like.scalar_type()),
-               " operand; cuSPARSELt keeps compressing this shape (results are unaffected, only slower)");
+  // The check synchronises (at::equal): never inside a CUDA graph capture; cuSPARSELt serves meanwhile.
+  if (c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None) return std::nullopt;
+  DirectWriters r = run_check(op, like, M, K);
+  {
+    std::lock_guard<std::mutex> lock(direct_mutex);
+    auto [it, fresh] = direct_checked().emplace(key, r);
+    if (!fresh) return it->second;  // another thread checked this key meanwhile: keep its verdict
   }
+  if (r.bytes > 0 && !(r.pack && r.fused)) {
+    TORCH_WARN(op, ": sp24's direct writers of cuSPARSELt's compressed layout (sp24/cslt_layout.h) do not reproduce ",
+               "cusparseLtSpMMACompress (cuSPARSELt ", version(), ") for (", M, ", ", K, ") ",
+               c10::toString(like.scalar_type()), " operands (pack writer ", r.pack ? "matches" : "differs",
+               ", fused sparsify writer ", r.fused ? "matches" : "differs",
+               "); cuSPARSELt compresses where they differ (results are unaffected, only slower)");
+  }
+  return r;
 }
 
 std::optional<at::Tensor> try_compress_sp24(const char* op, const at::Tensor& values, const at::Tensor& indices,
@@ -471,28 +513,21 @@ std::optional<at::Tensor> try_compress_sp24(const char* op, const at::Tensor& va
                                             std::string* why) {
   c10::cuda::CUDAGuard guard(values.device());
   const int64_t M = values.size(0), K = values.size(1) * 2;
-  if (!(direct_allowed(values, M, K) && values.is_contiguous() && indices.is_contiguous())) {
-    return try_compress(op, dense(), sp24_size, why);
+  if (direct_allowed(values, M, K) && values.is_contiguous() && indices.is_contiguous()) {
+    const int64_t want = compressed_bytes(M, K, values.scalar_type());
+    auto w = direct_writers(op, values, M, K);
+    if (w.has_value() && w->pack && w->bytes <= want) return write_direct(values, indices, sp24_size ? want : w->bytes);
   }
-  // The size cuSPARSELt asks for is known once it has compressed this shape; sp24's size is fixed.
-  const int64_t want = sp24_size ? compressed_bytes(M, K, values.scalar_type()) : -1;
-  auto seen = find_direct_check(Writer::kPack, values, M, K, want);
-  if (seen.has_value() && seen->same) return write_direct(values, indices, seen->bytes);
-  auto ref = try_compress(op, dense(), sp24_size, why);
-  if (!ref.has_value() || seen.has_value()) return ref;  // (checked before, and it differed)
-  const int64_t bytes = ref->numel();
-  const bool same = bytes >= values.numel() * values.element_size() + M * K / 8 &&
-                    at::equal(write_direct(values, indices, bytes), *ref);
-  record_direct_check(Writer::kPack, op, values, M, K, bytes, same);
-  return ref;
+  return try_compress(op, dense(), sp24_size, why);
 }
 
 std::vector<DirectLayoutCheck> direct_layout_checks() {
   std::lock_guard<std::mutex> lock(direct_mutex);
   std::vector<DirectLayoutCheck> out;
-  for (const auto& [k, same] : direct_checked()) {
-    out.push_back({writer_name(k.writer), k.device, c10::toString(static_cast<at::ScalarType>(k.dtype)), k.M, k.K,
-                   k.bytes, same});
+  for (const auto& [k, w] : direct_checked()) {
+    const std::string dt = c10::toString(static_cast<at::ScalarType>(k.dtype));
+    out.push_back({"pack", k.device, dt, k.M, k.K, w.bytes, w.pack});
+    out.push_back({"fused_sparsify", k.device, dt, k.M, k.K, w.bytes, w.fused});
   }
   return out;
 }

@@ -51,28 +51,30 @@ std::optional<at::Tensor> try_compress_sp24(const char* op, const at::Tensor& va
                                             const std::function<at::Tensor()>& dense, bool sp24_size,
                                             std::string* why);
 
-// The writers of the candidate layout: kPack writes the buffer from (values, indices) (above);
-// kFusedSparsify is sparsify24_cslt's kernel, which writes it while sparsifying x. Each one serves a
-// key only after its own bytes for that key equalled cuSPARSELt's.
-enum class Writer : int { kPack = 0, kFusedSparsify = 1 };
+// The writers of the candidate layout: "pack" writes the buffer from (values, indices) (above);
+// "fused_sparsify" is sparsify24_cslt's row kernel, which writes it while sparsifying x. Both are
+// checked once per (device, dtype, M, K), on a synthetic operand (seeded randn through sparsify24),
+// against cusparseLtSpMMACompress; each serves that shape only if its bytes were equal.
+struct DirectWriters {
+  bool pack = false, fused = false;
+  int64_t bytes = 0;  // cuSPARSELt's compressed size for the shape (0: cuSPARSELt refused it)
+};
 
-// One check of a writer against cuSPARSELt (for tests and benchmarks: sp24._C.cslt_direct_layout_checks).
+// One writer's verdict for a shape (for tests and benchmarks: sp24._C.cslt_direct_layout_checks).
 struct DirectLayoutCheck {
   std::string writer;  // "pack" or "fused_sparsify"
   int device;
   std::string dtype;
   int64_t M, K, bytes;
-  bool same;  // the writer's bytes equalled cuSPARSELt's: it serves this key
+  bool same;  // the writer's bytes equalled cuSPARSELt's: it serves this shape
 };
 
 // SP24_CSLT_DIRECT is not "0", `like` is fp16/bf16 on an sm_90 GPU and (M, K) is in the layout's domain.
 bool direct_allowed(const at::Tensor& like, int64_t M, int64_t K);
-// The check of writer w for (like's device and dtype, M, K, bytes; bytes < 0: any size), if any.
-std::optional<DirectLayoutCheck> find_direct_check(Writer w, const at::Tensor& like, int64_t M, int64_t K,
-                                                   int64_t bytes);
-// Records a check's outcome; a mismatch warns once (the key is never checked again).
-void record_direct_check(Writer w, const char* op, const at::Tensor& like, int64_t M, int64_t K, int64_t bytes,
-                         bool same);
+// The verdicts for like's device and dtype and (M, K), running the check the first time (it
+// synchronises the device; a mismatch warns once). std::nullopt during a CUDA graph capture of an
+// unchecked shape. Call only where direct_allowed holds.
+std::optional<DirectWriters> direct_writers(const char* op, const at::Tensor& like, int64_t M, int64_t K);
 std::vector<DirectLayoutCheck> direct_layout_checks();
 
 // out = A @ b (+ bias), A given by its compressed buffer. b (K, N) may be row-major (stride(1)==1)

@@ -1,8 +1,8 @@
 // Candidate layout of cuSPARSELt's compressed 2:4 buffer (16-bit, sm_90, row-major A, op N), for
 // writing it without cusparseLtSpMMACompress. Source: public reverse engineering (pytorch/ao,
 // activation24), restated in sp24's terms in python/sp24/reference.py (cslt_layout, the CPU
-// emulation, with the derivation). NOT trusted by itself: sparse24_ops.cpp uses it for a shape only
-// after the bytes it gives for that shape were found equal to cuSPARSELt's own (see cslt_direct).
+// emulation, with the derivation). NOT trusted by itself: a writer of it serves a shape only after
+// its bytes for that shape equalled cuSPARSELt's own (csrc/cusparselt/cslt.h, direct_writers).
 //
 //   buffer = [ values (M, K/2) row-major | metadata (M * K / 8 bytes) ]     M % 64 == 0, K % 32 == 0
 //   metadata byte at offset
@@ -34,7 +34,8 @@ SP24_HD uint8_t cslt_meta_byte(const uint8_t* indices, int64_t K, int64_t off) {
   const int64_t g = c32 * 8 + 4 * e + 2 * p + h;
   const uint8_t* lo = indices + row * (K / 2) + 2 * g;
   const uint8_t* hi = lo + 8 * (K / 2);
-  return static_cast<uint8_t>((lo[0] | (lo[1] << 2)) | ((hi[0] | (hi[1] << 2)) << 4));
+  // & 3: an index outside 0..3 (invalid input) stays inside its own nibble, as in to_dense's & 3
+  return static_cast<uint8_t>(((lo[0] & 3) | ((lo[1] & 3) << 2)) | (((hi[0] & 3) | ((hi[1] & 3) << 2)) << 4));
 }
 
 }  // namespace sp24

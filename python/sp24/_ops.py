@@ -74,14 +74,17 @@ def cslt_mm(compressed: Tensor, m: int, k: int, b: Tensor, bias: Optional[Tensor
 
 def sparsify24_cslt(x: Tensor, algo: str = "largest", activation: Optional[str] = None,
                     with_counts: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-    """sparsify24 + cslt_compress in one op: (compressed, indices, counts); the first M*K/2
-    elements of `compressed` are the values (`values_of`). On CUDA one kernel writes it while
-    sparsifying, for the shapes where that kernel was checked against cuSPARSELt (csrc/cusparselt/cslt.h)."""
+    """sparsify24 + cslt_compress in one op: (compressed, indices, counts). On CUDA one kernel
+    writes the buffer while sparsifying, for the shapes where that kernel was checked against
+    cuSPARSELt (csrc/cusparselt/cslt.h); elsewhere, the two steps."""
     return _ops.sparsify24_cslt(x, algo, activation, with_counts)
 
 
 def values_of(compressed: Tensor, m: int, k: int, dtype: torch.dtype) -> Tensor:
-    """The (m, k/2) values held at the front of a GEMM-ready buffer (a view, no copy)."""
+    """The (m, k/2) values at the front of a GEMM-ready buffer (a view, no copy). Exact for sp24's
+    CPU packing, and on CUDA where sp24's writers were checked equal to cuSPARSELt for the shape
+    (`sp24._C.cslt_direct_layout_checks()`); that cuSPARSELt itself stores the values first
+    elsewhere is what the GPU tests check (test_sparsify_cslt.py, test_cslt_layout.py)."""
     es = torch.empty((), dtype=dtype).element_size()
     return compressed[: m * (k // 2) * es].view(dtype).view(m, k // 2)
 

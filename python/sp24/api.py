@@ -30,15 +30,6 @@ def sparsify24(x: Tensor, algo: str = "largest", activation: Optional[str] = Non
     wins; NaN ranks above everything; -0.0 == 0.0.
     """
     x = _row_major(_as_tensor("sparsify24", "x", x))
-    if (x.device.type == "cuda" and x.dtype in (torch.float16, torch.bfloat16) and x.dim() == 2
-            and x.size(0) % 16 == 0 and x.size(1) % 16 == 0 and x.numel() > 0):
-        # on CUDA, the GEMM-ready buffer in the same pass (the values are its first M*K/2 elements)
-        try:
-            packed, indices, _ = _ops.sparsify24_cslt(x, algo, activation, False)
-        except ValueError:  # cuSPARSELt refuses this operand: no buffer, sp24.mm falls back
-            pass
-        else:
-            return Sp24Tensor(_ops.values_of(packed, x.size(0), x.size(1), x.dtype), indices, packed)
     values, indices, _ = _ops.sparsify24(x, algo, activation, False)
     return Sp24Tensor(values, indices)
 
