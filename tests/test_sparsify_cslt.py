@@ -86,22 +86,40 @@ def test_cuda_fused_writer_is_checked_before_it_serves(dtype, monkeypatch):
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("the fused writer targets cuSPARSELt's sm_90 layout; elsewhere the two steps always run")
     M, K = 448, 224  # a shape no other test uses: a fresh check
+    # no activation: randn has no zeros, so every kept value is non-zero and cuSPARSELt's bytes are
+    # unique (with relu2 a group may keep zeros, whose encoded positions cuSPARSELt may choose freely:
+    # same GEMM, other bytes; test_relu2_buffer_gives_the_same_gemm covers that case)
     x = randn(M, K, dtype, seed=21).cuda()
     monkeypatch.setenv("SP24_CSLT_DIRECT", "0")
-    want = _ops.sparsify24_cslt(x, "largest", "relu2", True)
+    want = _ops.sparsify24_cslt(x, "largest", None, True)
     monkeypatch.delenv("SP24_CSLT_DIRECT")
-    first = _ops.sparsify24_cslt(x, "largest", "relu2", True)  # the check runs here
+    first = _ops.sparsify24_cslt(x, "largest", None, True)  # the check runs here
     name = {torch.bfloat16: "BFloat16", torch.float16: "Half"}[dtype]
     checks = [c for c in _C.cslt_direct_layout_checks()
               if (c["writer"], c["M"], c["K"], c["dtype"]) == ("fused_sparsify", M, K, name)]
     assert len(checks) == 1, _C.cslt_direct_layout_checks()
     x2 = randn(M, K, dtype, seed=22).cuda()
-    for got, ref in ((first, want), (_ops.sparsify24_cslt(x, "largest", "relu2", True), want)):
+    for got, ref in ((first, want), (_ops.sparsify24_cslt(x, "largest", None, True), want)):
         assert all(torch.equal(a, b) for a, b in zip(got, ref))
     monkeypatch.setenv("SP24_CSLT_DIRECT", "0")
-    want2 = _ops.sparsify24_cslt(x2, "largest", "relu2", True)
+    want2 = _ops.sparsify24_cslt(x2, "largest", None, True)
     monkeypatch.delenv("SP24_CSLT_DIRECT")
-    got2 = _ops.sparsify24_cslt(x2, "largest", "relu2", True)  # the fused kernel, if the check passed
+    got2 = _ops.sparsify24_cslt(x2, "largest", None, True)  # the fused kernel, if the check passed
     assert all(torch.equal(a, b) for a, b in zip(got2, want2))
     assert checks[0]["same"], ("the fused sparsify kernel's buffer differs from sparsify24 + cuSPARSELt's compression "
                                "for this shape (results stay right: the two steps keep running)")
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", LOWP)
+@pytest.mark.parametrize("shape", [(128, 256), (48, 96)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_relu2_buffer_gives_the_same_gemm(dtype, shape):
+    """relu2 output keeps zeros in some groups; whichever writer made the buffer, the GEMM from it
+    equals sparse24_mm on the canonical values and indices, bit for bit."""
+    M, K = shape
+    x = randn(M, K, dtype, seed=31).cuda()
+    for _ in range(2):  # the first call may run the writers' check, the second uses its verdict
+        buf, idx, _ = _ops.sparsify24_cslt(x, "largest", "relu2", False)
+        v, i, _ = _ops.sparsify24(x, "largest", "relu2", False)
+        b = randn(K, 64, dtype, seed=32).cuda()
+        assert_bits_equal(_ops.cslt_mm(buf, M, K, b), _ops.mm(v, i, b))

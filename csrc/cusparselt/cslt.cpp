@@ -16,6 +16,7 @@
 #include <memory>
 #include <mutex>
 #include <sstream>
+#include <stdexcept>
 #include <tuple>
 #include <unordered_map>
 
@@ -436,6 +437,8 @@ DirectWriters run_check(const char* op, const at::Tensor& like, int64_t M, int64
   auto gen = at::cuda::detail::createCUDAGenerator(like.get_device());  // private: the user's RNG is untouched
   gen.set_current_seed(0x5eed24);
   const auto opts = like.options();
+  // randn has no exact zeros, so every kept value is non-zero: cuSPARSELt has no choice of which
+  // zero positions to encode, and equal bytes mean the same layout.
   at::Tensor x = at::randn({M, K}, gen, opts);
   at::Tensor values = at::empty({M, K / 2}, opts), indices = at::empty({M, K / 2}, opts.dtype(at::kByte));
   Sparsify24Params p;
@@ -447,29 +450,39 @@ DirectWriters run_check(const char* op, const at::Tensor& like, int64_t M, int64
   p.K = K;
   p.dtype = kernel_dtype(like.scalar_type());
   sparsify24_cuda(p, stream);
-  at::Tensor dense = at::empty({M, K}, opts);
-  ToDense24Params d;
-  d.values = values.data_ptr();
-  d.indices = indices.data_ptr<uint8_t>();
-  d.out = dense.data_ptr();
-  d.M = M;
-  d.K = K;
-  d.dtype = p.dtype;
-  to_dense24_cuda(d, stream);
-  std::string why;
-  auto ref = try_compress(op, dense, false, &why);
+  std::optional<at::Tensor> ref;
+  {
+    at::Tensor dense = at::empty({M, K}, opts);
+    ToDense24Params d;
+    d.values = values.data_ptr();
+    d.indices = indices.data_ptr<uint8_t>();
+    d.out = dense.data_ptr();
+    d.M = M;
+    d.K = K;
+    d.dtype = p.dtype;
+    to_dense24_cuda(d, stream);
+    std::string why;
+    ref = try_compress(op, dense, false, &why);
+  }  // dense freed before the writers run (peak memory of the check)
   DirectWriters r;
   if (!ref.has_value()) return r;  // cuSPARSELt takes no such operand: nothing to match
   r.bytes = ref->numel();
-  if (r.bytes < values.numel() * values.element_size() + M * K / 8) return r;
+  const int64_t nv = values.numel() * values.element_size(), nm = M * K / 8;
+  if (r.bytes < nv + nm) return r;
+  {
+    // fused writer: a buffer pre-filled with 0xA5 (a byte the kernel does not write cannot pass as
+    // a zero), the tail past the metadata zeroed as when it serves
+    at::Tensor buf = at::full({r.bytes}, 0xA5, opts.dtype(at::kByte)), idx2 = at::empty_like(indices);
+    if (r.bytes > nv + nm) buf.narrow(0, nv + nm, r.bytes - nv - nm).zero_();
+    Sparsify24Params q = p;
+    q.values = buf.data_ptr();
+    q.indices = idx2.data_ptr<uint8_t>();
+    q.cslt_meta = buf.data_ptr<uint8_t>() + nv;
+    sparsify24_cuda(q, stream);
+    r.fused = at::equal(buf, *ref) && at::equal(idx2, indices);
+  }
+  x.reset();
   r.pack = at::equal(write_direct(values, indices, r.bytes), *ref);
-  at::Tensor buf = at::zeros({r.bytes}, opts.dtype(at::kByte)), idx2 = at::empty_like(indices);
-  Sparsify24Params q = p;
-  q.values = buf.data_ptr();
-  q.indices = idx2.data_ptr<uint8_t>();
-  q.cslt_meta = buf.data_ptr<uint8_t>() + values.numel() * values.element_size();
-  sparsify24_cuda(q, stream);
-  r.fused = at::equal(buf, *ref) && at::equal(idx2, indices);
   return r;
 }
 }  // namespace
@@ -492,7 +505,14 @@ std::optional<DirectWriters> direct_writers(const char* op, const at::Tensor& li
   }
   // The check synchronises (at::equal): never inside a CUDA graph capture; cuSPARSELt serves meanwhile.
   if (c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None) return std::nullopt;
-  DirectWriters r = run_check(op, like, M, K);
+  DirectWriters r;
+  try {
+    r = run_check(op, like, M, K);
+  } catch (const std::exception& e) {  // e.g. out of memory: keep cuSPARSELt's compression for this shape
+    TORCH_WARN(op, ": the check of sp24's direct cuSPARSELt layout writers failed for (", M, ", ", K, ") ",
+               c10::toString(like.scalar_type()), " (", e.what(), "); cuSPARSELt compresses this shape");
+    r = DirectWriters{};
+  }
   {
     std::lock_guard<std::mutex> lock(direct_mutex);
     auto [it, fresh] = direct_checked().emplace(key, r);

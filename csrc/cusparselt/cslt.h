@@ -54,7 +54,11 @@ std::optional<at::Tensor> try_compress_sp24(const char* op, const at::Tensor& va
 // The writers of the candidate layout: "pack" writes the buffer from (values, indices) (above);
 // "fused_sparsify" is sparsify24_cslt's row kernel, which writes it while sparsifying x. Both are
 // checked once per (device, dtype, M, K), on a synthetic operand (seeded randn through sparsify24),
-// against cusparseLtSpMMACompress; each serves that shape only if its bytes were equal.
+// against cusparseLtSpMMACompress; each serves that shape only if its bytes were equal. A check
+// costs a few passes over an (M, K) operand (about 6*M*K bytes of scratch at its peak) and one
+// device synchronisation, once per shape and process: for shapes that change every call (e.g. a
+// varying token count), expect one check per new shape, or set SP24_CSLT_DIRECT=0. A failing
+// check (e.g. out of memory) warns and leaves cuSPARSELt's compression in place for the shape.
 struct DirectWriters {
   bool pack = false, fused = false;
   int64_t bytes = 0;  // cuSPARSELt's compressed size for the shape (0: cuSPARSELt refused it)
