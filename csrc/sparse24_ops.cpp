@@ -13,6 +13,7 @@
 #endif
 
 #include "sp24/checks.h"
+#include "sp24/cslt_layout.h"
 #include "sp24/params.h"
 
 namespace sp24 {
@@ -289,12 +290,7 @@ at::Tensor sparse24_mm(const at::Tensor& values, const at::Tensor& indices, cons
 //   [ values (M, K/2) as raw bytes | metadata (M, K/8) bytes | zeros up to cslt_bytes(M, K) ]
 //   metadata byte j of row r = nib(2j) | nib(2j+1) << 4,  nib(g) = idx[r, 2g] | idx[r, 2g+1] << 2
 //
-// Only sparse24_cslt_mm on the same device reads it back. Size: csrc/cusparselt/cslt.h
-// compressed_bytes (metadata room for M and K rounded up to 128, for cuSPARSELt's tile padding).
-template <typename I>
-I cslt_bytes(const I& M, const I& K, int64_t es) {
-  return M * (K / 2) * es + ((M + 127) / 128 * 128) * ((K + 127) / 128 * 128) / 8;
-}
+// Only sparse24_cslt_mm on the same device reads it back. Size: cslt_bytes (sp24/cslt_layout.h).
 
 void check_cslt_dims(const char* op, const c10::SymInt& M, const c10::SymInt& K) {
   SP24_CHECK(M % 16 == 0 && K % 16 == 0, op, ": the 2:4 operand's dims (M, K) must be multiples of 16 for ",
@@ -369,18 +365,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparsify24_cslt(const at::Tensor&
     if (Mi > 0 && Ki > 0 && cslt::direct_allowed(x, Mi, Ki)) {
       at::Tensor indices = at::empty({Mi, Ki / 2}, x.options().dtype(at::kByte));
       at::Tensor counts = with_counts ? at::zeros({Ki}, x.options().dtype(at::kInt)) : at::empty({0}, x.options().dtype(at::kInt));
-      Sparsify24Params p = sparsify24_params(x, nullptr, indices, counts, with_counts, parse_algo(op, algo),
+      const Sparsify24Params p = sparsify24_params(x, nullptr, indices, counts, with_counts, parse_algo(op, algo),
                                              parse_activation(op, activation));
       auto w = sparsify24_cuda_vectorised(p) ? cslt::direct_writers(op, x, Mi, Ki) : std::nullopt;
       if (w.has_value() && w->fused && w->bytes <= bytes) {
         // one kernel: values and metadata straight into the buffer, indices and counts as sparsify24
-        const int64_t nv = Mi * Ki / 2 * es, nm = Mi * Ki / 8;
-        at::Tensor buf = at::empty({bytes}, x.options().dtype(at::kByte));
-        if (bytes > nv + nm) buf.narrow(0, nv + nm, bytes - nv - nm).zero_();
-        p.values = buf.data_ptr();
-        p.cslt_meta = buf.data_ptr<uint8_t>() + nv;
-        sparsify24_cuda(p, current_stream());
-        return {buf, indices, counts};
+        return {cslt::write_fused(p, x.options(), bytes), indices, counts};
       }
     }
     // two steps: sparsify24, then the buffer (the pack writer where it was checked, else cuSPARSELt)

@@ -272,9 +272,7 @@ int searched_alg_id(const char* op, cusparseLtHandle_t* h, const PlanKey& key, c
 }  // namespace
 
 int64_t compressed_bytes(int64_t M, int64_t K, at::ScalarType dt) {
-  const int64_t es = static_cast<int64_t>(c10::elementSize(dt));
-  auto up = [](int64_t v) { return (v + 127) / 128 * 128; };
-  return M * (K / 2) * es + up(M) * up(K) / 8;
+  return cslt_bytes(M, K, static_cast<int64_t>(c10::elementSize(dt)));
 }
 
 std::string static_unsupported_reason(int64_t M, int64_t K, int64_t N, at::ScalarType dt, at::ScalarType out_dt) {
@@ -418,18 +416,36 @@ std::map<ShapeKey, DirectWriters>& direct_checked() {
   return m;
 }
 
-// values copied, metadata written by the layout kernel, zeros after it, `bytes` in all.
-at::Tensor write_direct(const at::Tensor& values, const at::Tensor& indices, int64_t bytes) {
-  const int64_t M = values.size(0), K = values.size(1) * 2;
-  const int64_t nv = values.numel() * values.element_size(), nm = M * K / 8;
-  at::Tensor out = at::empty({bytes}, values.options().dtype(at::kByte));
-  out.narrow(0, 0, nv).copy_(values.view(at::kByte).reshape({-1}));
-  cslt_meta24_cuda(indices.data_ptr<uint8_t>(), out.data_ptr<uint8_t>() + nv, M, K,
-                   at::cuda::getCurrentCUDAStream().stream());
-  if (bytes > nv + nm) out.narrow(0, nv + nm, bytes - nv - nm).zero_();
+// A buffer of `bytes` whose part past the values and metadata of an (M, K) 16-bit operand is zero
+// (the rest is left to the writer; `poison` pre-fills it with 0xA5 so an unwritten byte shows).
+at::Tensor new_buffer(const at::TensorOptions& opts, int64_t M, int64_t K, int64_t bytes, bool poison = false) {
+  const int64_t used = M * K + M * K / 8;  // values (M*K/2 16-bit elements) + metadata
+  at::Tensor out = poison ? at::full({bytes}, 0xA5, opts.dtype(at::kByte)) : at::empty({bytes}, opts.dtype(at::kByte));
+  if (bytes > used) out.narrow(0, used, bytes - used).zero_();
   return out;
 }
 
+// pack writer: values copied, metadata written by the layout kernel, zeros after it, `bytes` in all.
+at::Tensor write_direct(const at::Tensor& values, const at::Tensor& indices, int64_t bytes) {
+  const int64_t M = values.size(0), K = values.size(1) * 2, nv = values.numel() * values.element_size();
+  at::Tensor out = new_buffer(values.options(), M, K, bytes);
+  out.narrow(0, 0, nv).copy_(values.view(at::kByte).reshape({-1}));
+  cslt_meta24_cuda(indices.data_ptr<uint8_t>(), out.data_ptr<uint8_t>() + nv, M, K,
+                   at::cuda::getCurrentCUDAStream().stream());
+  return out;
+}
+
+}  // namespace
+
+at::Tensor write_fused(Sparsify24Params p, const at::TensorOptions& opts, int64_t bytes, bool poison) {
+  at::Tensor buf = new_buffer(opts, p.M, p.K, bytes, poison);
+  p.values = buf.data_ptr();
+  p.cslt_meta = buf.data_ptr<uint8_t>() + p.M * p.K;  // after the M*K/2 16-bit values
+  sparsify24_cuda(p, at::cuda::getCurrentCUDAStream().stream());
+  return buf;
+}
+
+namespace {
 DType kernel_dtype(at::ScalarType t) { return t == at::kHalf ? DType::kFloat16 : DType::kBFloat16; }
 
 DirectWriters run_check(const char* op, const at::Tensor& like, int64_t M, int64_t K) {
@@ -470,15 +486,11 @@ DirectWriters run_check(const char* op, const at::Tensor& like, int64_t M, int64
   const int64_t nv = values.numel() * values.element_size(), nm = M * K / 8;
   if (r.bytes < nv + nm) return r;
   {
-    // fused writer: a buffer pre-filled with 0xA5 (a byte the kernel does not write cannot pass as
-    // a zero), the tail past the metadata zeroed as when it serves
-    at::Tensor buf = at::full({r.bytes}, 0xA5, opts.dtype(at::kByte)), idx2 = at::empty_like(indices);
-    if (r.bytes > nv + nm) buf.narrow(0, nv + nm, r.bytes - nv - nm).zero_();
+    // fused writer, into a poisoned buffer (a byte the kernel does not write cannot pass as a zero)
+    at::Tensor idx2 = at::empty_like(indices);
     Sparsify24Params q = p;
-    q.values = buf.data_ptr();
     q.indices = idx2.data_ptr<uint8_t>();
-    q.cslt_meta = buf.data_ptr<uint8_t>() + nv;
-    sparsify24_cuda(q, stream);
+    at::Tensor buf = write_fused(q, opts, r.bytes, /*poison=*/true);
     r.fused = at::equal(buf, *ref) && at::equal(idx2, indices);
   }
   x.reset();

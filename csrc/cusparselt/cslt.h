@@ -14,6 +14,8 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include "sp24/params.h"
+
 #include <functional>
 #include <optional>
 #include <string>
@@ -22,11 +24,7 @@
 namespace sp24 {
 namespace cslt {
 
-// Bytes sp24 reserves for the compressed 2:4 buffer of a dense (M, K) matrix of dtype `dt`
-// (sparse24_cslt_compress's output size, also computed by its Meta kernel): the kept values
-// (M * K/2 elements) + 2-bit metadata per kept value, the metadata counted for M and K rounded up
-// to 128 (room for tile padding). cuSPARSELt writes a prefix of it (the rest stays zero); the CUDA
-// path checks that cuSPARSELt asks for no more.
+// sp24's buffer size (cslt_bytes, sp24/cslt_layout.h) for a dense (M, K) matrix of dtype `dt`.
 int64_t compressed_bytes(int64_t M, int64_t K, at::ScalarType dt);
 
 // A reason why cuSPARSELt cannot serve this problem from the static rules, or "" if it may.
@@ -72,6 +70,11 @@ struct DirectLayoutCheck {
   int64_t M, K, bytes;
   bool same;  // the writer's bytes equalled cuSPARSELt's: it serves this shape
 };
+
+// The fused writer: runs sparsify24_cuda(p) with its values and the layout's metadata going into a
+// new buffer of `bytes` (zeros past them; `poison`: 0xA5 elsewhere before the kernel runs). p is a
+// 16-bit, vectorised, in-domain sparsify (p.values and p.cslt_meta are set here).
+at::Tensor write_fused(Sparsify24Params p, const at::TensorOptions& opts, int64_t bytes, bool poison = false);
 
 // SP24_CSLT_DIRECT is not "0", `like` is fp16/bf16 on an sm_90 GPU and (M, K) is in the layout's domain.
 bool direct_allowed(const at::Tensor& like, int64_t M, int64_t K);

@@ -20,6 +20,15 @@
 
 namespace sp24 {
 
+// Bytes of sp24's GEMM-ready buffer of a 2:4 (M, K) operand of es-byte elements, on every device
+// (int64_t or c10::SymInt): the kept values (M * K/2 elements) + 2-bit metadata per kept value,
+// the metadata counted for M and K rounded up to 128 (room for tile padding). cuSPARSELt writes a
+// prefix of it (the rest stays zero); the CUDA path checks that cuSPARSELt asks for no more.
+template <typename I>
+I cslt_bytes(const I& M, const I& K, int64_t es) {
+  return M * (K / 2) * es + ((M + 127) / 128 * 128) * ((K + 127) / 128 * 128) / 8;
+}
+
 // True where the candidate layout is defined.
 SP24_HD bool cslt_layout_domain(int64_t M, int64_t K) { return M > 0 && K > 0 && M % 64 == 0 && K % 32 == 0; }
 

@@ -130,6 +130,17 @@ def sparsify24_dense(x: Tensor, algo: str = "largest", activation: Optional[str]
 
 
 # ---- issue #3: oracle of the CPU GEMM-ready buffer (sparse24_cslt_compress on CPU) ---------------
+def _buffer(values: Tensor, meta: Tensor) -> Tensor:
+    """[values as raw bytes | metadata bytes | zeros] in sp24's buffer size for a 2:4 A (M, K):
+    values + metadata for M and K rounded up to 128 (room for cuSPARSELt's padding)."""
+    M, K = values.shape[0], 2 * values.shape[1]
+    size = M * K // 2 * values.element_size() + -(-M // 128) * 128 * (-(-K // 128) * 128) // 8
+    out = torch.zeros(size, dtype=torch.uint8, device=values.device)
+    packed = torch.cat([values.contiguous().view(torch.uint8).reshape(-1), meta.reshape(-1)])
+    out[: packed.numel()] = packed
+    return out
+
+
 def cslt_pack(values: Tensor, indices: Tensor) -> Tensor:
     """sp24's CPU packing of a 2:4 A (M, K): [values as raw bytes | metadata (M, K/8) bytes | zeros]
     (size: values + metadata for M and K rounded up to 128, room for cuSPARSELt's padding), where
@@ -139,12 +150,7 @@ def cslt_pack(values: Tensor, indices: Tensor) -> Tensor:
     idx = indices.to(torch.int32).reshape(M, -1, 2)
     nib = (idx[..., 0] | (idx[..., 1] << 2)).reshape(M, -1, 2)
     meta = (nib[..., 0] | (nib[..., 1] << 4)).to(torch.uint8)
-    K = 2 * values.shape[1]
-    size = M * K // 2 * values.element_size() + -(-M // 128) * 128 * (-(-K // 128) * 128) // 8
-    out = torch.zeros(size, dtype=torch.uint8, device=values.device)
-    packed = torch.cat([values.contiguous().view(torch.uint8).reshape(-1), meta.reshape(-1)])
-    out[: packed.numel()] = packed
-    return out
+    return _buffer(values, meta)
 
 
 # ---- issue #3: candidate CPU emulation of cuSPARSELt's compressed layout (UNVERIFIED) ------------
@@ -200,11 +206,7 @@ def cslt_layout(values: Tensor, indices: Tensor) -> Tensor:
     n = nib.reshape(Mp // 64, 4, 2, 8, K // 32, 2, 2, 2)
     byte = n[:, :, 0] | (n[:, :, 1] << 4)  # (band, r16, r8, c32, e, p, h)
     meta = byte.permute(0, 3, 1, 2, 5, 6, 4).reshape(-1).to(torch.uint8)  # (band, c32, r16, r8, p, h, e)
-    size = M * K // 2 * values.element_size() + -(-M // 128) * 128 * (-(-K // 128) * 128) // 8
-    out = torch.zeros(size, dtype=torch.uint8, device=values.device)
-    packed = torch.cat([values.contiguous().view(torch.uint8).reshape(-1), meta])
-    out[: packed.numel()] = packed
-    return out
+    return _buffer(values, meta)
 
 
 def sparsify24_cslt(x: Tensor, algo: str = "largest", activation: Optional[str] = None,
