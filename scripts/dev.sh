@@ -24,11 +24,14 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 PY="$VENV/bin/python"
+# the test extra's Hugging Face packages (tests/test_hf.py), pinned for reproducible runs
+HF_REQS="transformers==5.24.0 peft==0.21.2"
 stamp="$VENV/.sp24-deps"
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$TORCH_REQ" ]; then
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$TORCH_REQ $HF_REQS" ]; then
+  # shellcheck disable=SC2086  # HF_REQS is a list of requirements
   "$PY" -m pip install -q --disable-pip-version-check "$TORCH_REQ" numpy pytest hypothesis expecttest \
-    scikit-build-core pybind11 cmake ninja matplotlib tqdm
-  echo "$TORCH_REQ" > "$stamp"
+    scikit-build-core pybind11 cmake ninja matplotlib tqdm $HF_REQS
+  echo "$TORCH_REQ $HF_REQS" > "$stamp"
 fi
 
 build() {

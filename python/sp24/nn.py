@@ -357,7 +357,8 @@ def load_mode(model: nn.Module, state_dict: dict) -> int:
 
     Raises:
         TypeError: model is not an nn.Module.
-        KeyError: a ReLU2FFN of model has no ``sp24_mode`` key in state_dict.
+        KeyError: a ReLU2FFN of model has no ``sp24_mode`` key in state_dict (the key may differ
+            by a leading prefix, as ``save_pretrained`` sometimes renames the root; it must be unique).
 
     Example::
 
@@ -367,15 +368,32 @@ def load_mode(model: nn.Module, state_dict: dict) -> int:
         (1, True)
     """
     _check_module("load_mode", model)
+    keys = [k for k in state_dict if k == MODE_KEY or k.endswith("." + MODE_KEY)]
     n = 0
     for name, m in model.named_modules():
         if isinstance(m, ReLU2FFN):
-            key = f"{name}.{MODE_KEY}" if name else MODE_KEY
-            if key not in state_dict:
-                raise KeyError(f"sp24.nn.load_mode: no {key!r} in the state_dict (was it saved from a converted model?)")
-            m._set_mode(state_dict[key])
+            m._set_mode(state_dict[_mode_key(name, keys)])
             n += 1
     return n
+
+
+def _mode_key(name: str, keys: list) -> str:
+    # The exact key, else the one key that differs from it by a leading prefix (files written by
+    # save_pretrained may rename the root, e.g. NemotronH's "model." -> "backbone."; PEFT adds
+    # "base_model.model."): the longest tail of the module name that matches exactly one key.
+    key = f"{name}.{MODE_KEY}" if name else MODE_KEY
+    if key in keys:
+        return key
+    parts = name.split(".") if name else []
+    for i in range(len(parts)):
+        tail = ".".join(parts[i:]) + "." + MODE_KEY
+        hits = [k for k in keys if k == tail or k.endswith("." + tail)]
+        if len(hits) == 1:
+            return hits[0]
+        if hits:
+            break  # ambiguous
+    raise KeyError(f"sp24.nn.load_mode: no {key!r} (nor one key differing from it only by a leading prefix) in the "
+                   f"state_dict; was it saved from a converted model?")
 
 
 def without_mode(state_dict: dict) -> dict:
@@ -575,14 +593,14 @@ def _candidate(name: str, m: nn.Module, verify: bool):
                       f"hooks (a LoRA/quantized wrapper?): convert before wrapping")
     if not _chain(l1, l2):
         return None, f"{n1}/{n2} do not chain d -> F -> d with one dtype, device and bias-ness"
-    own = {id(t) for t in list(l1.parameters()) + list(l1.buffers()) + list(l2.parameters()) + list(l2.buffers())}
-    extra = [k for k, t in list(m.named_parameters()) + list(m.named_buffers()) if id(t) not in own]
-    if extra:
-        return None, f"it holds state besides its two Linears ({', '.join(extra[:4])}), which a ReLU2FFN would drop"
     if verify:
         why = _verify(m, n1, n2, l1, l2)
         if why:
             return None, why
+    own = {id(t) for t in list(l1.parameters()) + list(l1.buffers()) + list(l2.parameters()) + list(l2.buffers())}
+    extra = [k for k, t in list(m.named_parameters()) + list(m.named_buffers()) if id(t) not in own]
+    if extra:
+        return None, f"it holds state besides its two Linears ({', '.join(extra[:4])}), which a ReLU2FFN would drop"
     return (n1, n2, l1, l2), ""
 
 
