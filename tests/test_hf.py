@@ -206,3 +206,24 @@ def test_lora_dropout_runs_dense_with_a_warning():
     sp24.nn.set_sparse(model, False)
     torch.manual_seed(0)
     assert torch.equal(got, pm(x).logits)  # exactly the dense model, dropout included
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_build_on_meta_convert_to_empty_load(name):
+    # accelerate's init_empty_weights / torchtitan: build on meta, convert, to_empty, then load
+    real, swapped, skipped = build(name)
+    sp24.nn.convert(real, sparse=True)
+    with torch.device("meta"):
+        model, _, _ = build(name)
+    _, report = sp24.nn.convert(model, return_report=True)
+    assert report.swapped == swapped and [n for n, _ in report.skipped] == skipped
+    assert all(p.is_meta for p in model.parameters())
+    model.to_empty(device="cpu")
+    model.load_state_dict(real.state_dict())
+    with torch.no_grad():  # non-persistent buffers (rotary inv_freq) are not in a state_dict: re-initialise
+        real_buffers = dict(real.named_buffers())
+        for n, b in model.named_buffers():
+            b.copy_(real_buffers[n])
+    assert all(m.sparse for m in model.modules() if isinstance(m, sp24.nn.ReLU2FFN))
+    x = ids(seed=6)
+    assert torch.equal(model(x).logits, real(x).logits)

@@ -215,3 +215,11 @@ def test_validation_names_the_value():
             fn()
     with pytest.raises(ValueError, match="names must be two different attribute names"):
         sp24.nn.ReLU2FFN(8, 16, names=("a", "a"))
+
+
+def test_load_state_dict_leaves_the_callers_dict_alone():
+    m = sp24.nn.convert(toy(seed=8), sparse=True)
+    sd = m.state_dict()
+    keys = list(sd)
+    sp24.nn.convert(toy(seed=9)).load_state_dict(sd)
+    assert list(sd) == keys and "1.mlp.sp24_mode" in sd
