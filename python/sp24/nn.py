@@ -1,7 +1,7 @@
 """Modules: the Squared-ReLU FFN with 2:4 activation sparsity, and the tools to train with it.
 
     ffn = sp24.nn.ReLU2FFN(d_model, d_hidden)          # dense (sparse=False) by default
-    report = sp24.nn.convert(model, return_report=True)[1]   # swap existing Squared-ReLU MLPs in place
+    model, report = sp24.nn.convert(model, return_report=True)   # swap Squared-ReLU MLPs in place
     warm = sp24.nn.DenseWarmup(model, steps=1000)      # dense warm-up, then 2:4 fwd + bwd
     ... each optimizer step: warm.step()
 
@@ -19,12 +19,13 @@ keep working. Each ReLU2FFN adds one key, `<prefix>sp24_mode` (MODE_KEY: a float
   name. Drop them with `sp24.nn.without_mode(state_dict)`, or convert the model first.
   After `from_pretrained` + `convert`, `sp24.nn.load_mode(model, state_dict)` restores the modes.
 
-Wrappers put on the Linears after conversion are never bypassed (DESIGN.md: supported or
-refused). In dense mode ReLU2FFN calls its two modules, so hooks, PEFT LoRA, float8 or
+Wrappers put on the Linears after conversion are never bypassed: supported, or run dense with a
+warning. In dense mode ReLU2FFN calls its two modules, so hooks, PEFT LoRA, float8 or
 quantized Linears behave as in the original model. In sparse mode the 2:4 path needs the weight
 matrices: a plain nn.Linear (nn.Linear.forward, no hooks) is read directly; a PEFT LoRA Linear
 (vanilla LoRA, no dropout while training) runs sparse with its low-rank term folded into the
-weight, `W + scaling * B @ A`, which autograd differentiates, so gradients reach the adapter;
+weight, `W + scaling * B @ A` (one (F, d) temporary per wrapped Linear and forward), which
+autograd differentiates, so gradients reach the adapter;
 anything else (hooks, DoRA and other variants, LoRA dropout > 0 in training, a Linear subclass or
 module with its own forward: float8, quantized) runs dense by calling the modules, with a warning
 that names the module and the reason.
@@ -459,6 +460,11 @@ class DenseWarmup:
         return v
 
     def step(self) -> bool:
+        """Count one optimizer step; switch the model to 2:4 when the count reaches ``steps``.
+
+        Returns:
+            bool: whether the warm-up is done (the model is sparse).
+        """
         self.count += 1
         if not self.done and self.count >= self.steps:
             set_sparse(self.model, True)
@@ -466,9 +472,15 @@ class DenseWarmup:
         return self.done
 
     def state_dict(self) -> dict:
+        """``{"steps": int, "count": int, "done": bool}``, plain Python values (for torch.save)."""
         return {"steps": self.steps, "count": self.count, "done": self.done}
 
     def load_state_dict(self, state: dict) -> None:
+        """Resume from :meth:`state_dict`; sets the model's mode to ``state["done"]``.
+
+        Raises:
+            TypeError / ValueError: a count that is not an int >= 0, or done that is not a bool.
+        """
         steps, count = self._check_count("state['steps']", state["steps"]), self._check_count("state['count']", state["count"])
         done = _check_bool("DenseWarmup.load_state_dict", "state['done']", state["done"])
         self.steps, self.count, self.done = steps, count, done
@@ -490,11 +502,22 @@ LINEAR_PAIRS = (("fc1", "fc2"), ("w1", "w2"), ("c_fc", "c_proj"), ("up_proj", "d
 
 @dataclasses.dataclass
 class ConvertReport:
-    """What :func:`convert` did: ``swapped`` module names, ``skipped`` (name, reason) pairs.
+    """What :func:`convert` did: the module names it swapped and those it skipped, with reasons.
 
     Skipped are the candidates it looked at and left alone: blocks with a known Linear-pair name
     whose forward is not a Squared-ReLU FFN (gated, GELU, ...), blocks with extra state, wrapped
     Linears, and MoE experts stored as 3-D weights (sp24 has no grouped 2:4 FFN: they stay dense).
+    ``str(report)`` is the text that convert logs (logger ``sp24.nn``, INFO).
+
+    Attributes:
+        swapped (list[str]): qualified names of the blocks now ReLU2FFN ("" for the root).
+        skipped (list[tuple[str, str]]): (qualified name, reason) of each candidate left alone.
+
+    Example::
+
+        >>> gelu = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8))
+        >>> sp24.nn.convert(nn.ModuleDict({"mlp": gelu}), return_report=True)[1].skipped
+        [('mlp', 'its activation GELU is not Squared-ReLU')]
     """
     swapped: list = dataclasses.field(default_factory=list)
     skipped: list = dataclasses.field(default_factory=list)
@@ -586,6 +609,9 @@ def _candidate(name: str, m: nn.Module, verify: bool):
                       f"2:4 FFN; left dense")
     found = _pair_names(m)
     if found is None:
+        if (isinstance(m, nn.Sequential) and len(m) == 3 and isinstance(m[0], nn.Linear)
+                and isinstance(m[2], nn.Linear)):
+            return None, f"its activation {type(m[1]).__name__} is not Squared-ReLU"
         return None, ""
     n1, n2, l1, l2 = found
     if not (_plain_linear(l1) and _plain_linear(l2)):
