@@ -172,3 +172,15 @@ def test_fake_tensor_mode_caches_nothing():
 def test_sparsify24_transposed_columns_on_meta():
     t = sp24.sparsify24_transposed(torch.empty(8, 16, device="meta"), columns=[0, 3, 5, 6])
     assert t.shape == (4, 8)
+
+
+def test_inference_mode_first_then_training():
+    # the cached permutation made under inference_mode must not poison a later training forward
+    m = _ffn()
+    x = _x(3, 41, 16, seed=5)
+    with torch.inference_mode(), ffn.fallback(False):
+        y0 = m(x)
+    with ffn.fallback(False):
+        y = m(x.clone().requires_grad_())
+        y.sum().backward()
+    assert torch.equal(y.detach(), y0) and m.w1.weight.grad is not None

@@ -120,7 +120,10 @@ def token_permutation(T: int, device="cpu") -> tuple[Tensor, Tensor]:
     if hit is None:
         if len(_PERM_CACHE) > 64:
             _PERM_CACHE.clear()
-        hit = _PERM_CACHE[key] = _make_permutation(int(T), device)
+        # made as normal tensors even under torch.inference_mode(): an inference tensor in the
+        # cache could not be saved for backward by a later training forward
+        with torch.inference_mode(False):
+            hit = _PERM_CACHE[key] = _make_permutation(int(T), device)
     return hit
 
 

@@ -28,7 +28,8 @@ weight, `W + scaling * B @ A` (one (F, d) temporary per wrapped Linear and forwa
 autograd differentiates, so gradients reach the adapter;
 anything else (hooks, DoRA and other variants, LoRA dropout > 0 in training, a Linear subclass or
 module with its own forward: float8, quantized) runs dense by calling the modules, with a warning
-that names the module and the reason.
+that names the module and the reason. Global module hooks (`register_module_forward_hook`) see
+the ReLU2FFN call; on the 2:4 path its Linears are not called, so they do not see those.
 """
 
 from __future__ import annotations
