@@ -173,6 +173,25 @@ def test_lora_on_a_converted_model():
     assert all(p.grad is None for n, p in pm.named_parameters() if not p.requires_grad)
 
 
+def test_convert_after_peft():
+    # PeftModel first (e.g. PeftModel.from_pretrained), then convert: the LoRA Linears are kept
+    x = ids(seed=8)
+    model, swapped, _ = build("nemotron")
+    torch.manual_seed(7)
+    pm = _lora(model)
+    want = pm(x).logits
+    _, report = sp24.nn.convert(pm, return_report=True)
+    assert report.swapped == ["base_model.model." + n for n in swapped] and report.skipped == []
+    mlp = model.model.layers[0].mlp
+    assert isinstance(mlp, sp24.nn.ReLU2FFN) and hasattr(mlp.up_proj, "lora_A")
+    assert torch.equal(pm(x).logits, want)  # dense: the same PEFT model
+    sp24.nn.set_sparse(pm, True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        out = pm(x)
+    torch.testing.assert_close(out.logits, copy.deepcopy(pm).merge_and_unload()(x).logits, rtol=1e-4, atol=1e-4)
+
+
 def test_lora_gradients_through_the_sparse_path():
     # module level: the LoRA gradients equal those of relu2_ffn on W + s B A (the folded weight)
     torch.manual_seed(0)

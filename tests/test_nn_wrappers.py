@@ -69,8 +69,8 @@ def test_convert_skips_wrapped_linears_with_a_reason():
 
     model, report = sp24.nn.convert(nn.Sequential(MLP()), return_report=True)
     assert isinstance(model[0], MLP) and report.swapped == []
-    assert report.skipped == [("0", "fc1/fc2 are Float8LikeLinear/Linear, not plain nn.Linear without hooks "
-                                    "(a LoRA/quantized wrapper?): convert before wrapping")]
+    assert report.skipped == [("0", "fc1/fc2 are Float8LikeLinear/Linear, neither plain nn.Linear without hooks "
+                                    "nor PEFT LoRA over one (a quantized/float8 wrapper?): convert before wrapping")]
 
 
 class Experts(nn.Module):  # NemotronH-style routed experts: 3-D weights, relu2, not gated

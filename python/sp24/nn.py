@@ -199,7 +199,8 @@ class ReLU2FFN(nn.Module):
         """A ReLU2FFN around existing Linear modules, which it reuses (nothing is copied).
 
         Args:
-            w1 (nn.Linear): d -> F.  w2 (nn.Linear): F -> d; same dtype, device and bias-ness.
+            w1 (nn.Linear): d -> F.  w2 (nn.Linear): F -> d; same dtype, device and bias-ness
+                (a PEFT LoRA Linear over an nn.Linear is accepted too).
             sparse, dense_fraction: as in the constructor.
             names (tuple[str, str]): attribute names to register them under (their state_dict keys).
 
@@ -534,7 +535,19 @@ def _is_relu2(m: nn.Module) -> bool:
     return isinstance(m, ReLU2) or type(m).__name__.lower() in RELU2_NAMES
 
 
+def _base_linear(m):
+    """m if it is a plain nn.Linear, its base layer if it is a PEFT LoRA Linear over one, else None."""
+    if _plain_linear(m):
+        return m
+    if _is_peft_lora(m) and _plain_linear(m.base_layer):
+        return m.base_layer
+    return None
+
+
 def _chain(l1, l2) -> bool:
+    # dims, dtype, device and bias-ness of two Linears (or PEFT LoRA Linears: their base layers)
+    if _base_linear(l1) is not None and _base_linear(l2) is not None:
+        l1, l2 = _base_linear(l1), _base_linear(l2)
     return (isinstance(l1, nn.Linear) and isinstance(l2, nn.Linear) and l1.out_features == l2.in_features
             and l1.in_features == l2.out_features and (l1.bias is None) == (l2.bias is None)
             and l1.weight.dtype == l2.weight.dtype and l1.weight.device == l2.weight.device)
@@ -615,9 +628,9 @@ def _candidate(name: str, m: nn.Module, verify: bool):
             return None, f"its activation {type(m[1]).__name__} is not Squared-ReLU"
         return None, ""
     n1, n2, l1, l2 = found
-    if not (_plain_linear(l1) and _plain_linear(l2)):
-        return None, (f"{n1}/{n2} are {type(l1).__qualname__}/{type(l2).__qualname__}, not plain nn.Linear without "
-                      f"hooks (a LoRA/quantized wrapper?): convert before wrapping")
+    if _base_linear(l1) is None or _base_linear(l2) is None:
+        return None, (f"{n1}/{n2} are {type(l1).__qualname__}/{type(l2).__qualname__}, neither plain nn.Linear "
+                      f"without hooks nor PEFT LoRA over one (a quantized/float8 wrapper?): convert before wrapping")
     if not _chain(l1, l2):
         return None, f"{n1}/{n2} do not chain d -> F -> d with one dtype, device and bias-ness"
     if verify:
@@ -643,8 +656,11 @@ def convert(model: nn.Module, *, sparse: bool = False, dense_fraction: float = 0
     on a probe batch equals the Squared-ReLU FFN of its Linears, so a GELU or gated MLP with the
     same names is left alone (on the meta device or under FakeTensorMode, where there are no
     values, the block's submodules are checked instead). A block that holds other parameters or
-    buffers is left alone. MoE experts stored as 3-D weights (e.g. NemotronH's routed experts)
-    are left dense and reported: sp24 has no grouped 2:4 FFN.
+    buffers is left alone. Linears already wrapped by PEFT LoRA (a PeftModel converted after
+    ``get_peft_model`` / ``PeftModel.from_pretrained``) are kept as they are; other wrapped
+    Linears (quantized, float8, hooks) make convert skip the block: convert before wrapping.
+    MoE experts stored as 3-D weights (e.g. NemotronH's routed experts) are left dense and
+    reported: sp24 has no grouped 2:4 FFN.
 
     The ReLU2FFN reuses the block's Linear modules (same Parameters, device, dtype, optimizer
     state; nothing is copied) under their own attribute names, so ``state_dict`` keys do not
