@@ -1,6 +1,6 @@
 """sp24: 2:4 activation sparsity for Squared-ReLU transformer FFNs.
 
-Public API (DESIGN.md section 2): sparsify24, sparsify24_transposed, Sp24Tensor, mm, stats,
+Public API (docs/DESIGN.md, 'Public API'): sparsify24, sparsify24_transposed, Sp24Tensor, mm, stats,
 build_info; the pure-PyTorch oracle is sp24.reference.
 """
 

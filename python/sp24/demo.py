@@ -381,7 +381,9 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, Config, torch.device]:
     p.add_argument("--steps", type=_positive("--steps"), help="training steps per run (overrides the config)")
     p.add_argument("--warmup", type=_non_negative("--warmup"),
                    help="dense steps before 2:4 is switched on in the sparse run; must be < --steps")
-    p.add_argument("--out", default=None, help="output folder (default: bench/results/demo_<config>)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default: out/demo_<config> in the current folder, which git ignores; "
+                        "the committed results in bench/results/ are only rewritten when named here on purpose)")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 "
                    "(default: cuda if available, else cpu)")
     p.add_argument("--seed", type=_non_negative("--seed"), default=0, help="seed of both runs (default 0)")
@@ -426,7 +428,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, Config, torch.device]:
         if not _ops.has_kernel("sparsify24", "CUDA"):
             p.error(f"--device {dev_s}: sp24 was built without CUDA kernels; rebuild with SP24_CUDA=ON "
                     "or use --device cpu")
-    args.out = Path(args.out or f"bench/results/demo_{args.config}")
+    args.out = Path(args.out or Path("out") / f"demo_{args.config}")
     return args, cfg, device
 
 

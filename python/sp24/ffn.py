@@ -1,4 +1,4 @@
-"""The Squared-ReLU FFN with 2:4 activation sparsity, forward and backward (DESIGN.md section 1).
+"""The Squared-ReLU FFN with 2:4 activation sparsity, forward and backward (docs/DESIGN.md, 'The method').
 
     Y1 = X W1^T (+b1)   dense
     Y2 = relu(Y1)^2     fused with the row-wise 2:4 sparsification (+ per-feature counts)
@@ -29,7 +29,7 @@ Saved for backward: x (the input itself, not a permuted copy), the weights, the 
 never the dense Y1, since relu(Y1) = sqrt(Y2) on the kept positions (saved_bytes measures it).
 
 Shapes: x (..., d), w1 (F, d), w2 (d, F) (nn.Linear layout); any number of tokens. sparse=True
-needs d and F to be multiples of 8 (DESIGN.md's contract; a clear error otherwise, no hidden
+needs d and F to be multiples of 8 (docs/DESIGN.md, 'Public API'; a clear error otherwise, no hidden
 weight padding, which would copy both weights on every call). cuSPARSELt serves dims that are
 multiples of 16: with d or F = 8 mod 16 the 2:4 GEMMs stay correct but run as dense GEMMs
 inside sparse24_mm (it warns once).
