@@ -173,4 +173,5 @@ def run(args) -> str:
     else:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
+        print(f"sp24.bench report: wrote {args.out}")
     return text
