@@ -27,7 +27,7 @@ try:
 except ImportError as e:  # pragma: no cover - only without a build
     raise ImportError(
         "sp24: the native extension is not built. From the repository root run:\n"
-        "    pip install --no-build-isolation -e .\n"
+        "    pip install --no-build-isolation .        (add -e for an editable install)\n"
         f"({e})"
     ) from e
 
