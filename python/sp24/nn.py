@@ -47,11 +47,11 @@ from .api import stats as _stats
 from .ffn import relu2_ffn
 
 __all__ = ["ReLU2", "ReLU2FFN", "set_sparse", "convert", "ConvertReport", "DenseWarmup", "load_mode",
-           "without_mode", "MODE_KEY"]
+           "without_mode"]
 
 log = logging.getLogger("sp24.nn")
 
-MODE_KEY = "sp24_mode"
+MODE_KEY = "sp24_mode"  # the state_dict key (under each ReLU2FFN's prefix) of its mode
 
 
 class ReLU2(nn.Module):
@@ -62,6 +62,9 @@ class ReLU2(nn.Module):
         >>> sp24.nn.ReLU2()(torch.tensor([-1.0, 3.0]))
         tensor([0., 9.])
     """
+
+    def __init__(self) -> None:
+        super().__init__()
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.relu(x).square()
@@ -511,7 +514,7 @@ class ConvertReport:
     Linears, and MoE experts stored as 3-D weights (sp24 has no grouped 2:4 FFN: they stay dense).
     ``str(report)`` is the text that convert logs (logger ``sp24.nn``, INFO).
 
-    Attributes:
+    Args:
         swapped (list[str]): qualified names of the blocks now ReLU2FFN ("" for the root).
         skipped (list[tuple[str, str]]): (qualified name, reason) of each candidate left alone.
 
