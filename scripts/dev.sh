@@ -35,14 +35,17 @@ else
   stage "venv: using $VENV"
 fi
 PY="$VENV/bin/python"
+# the test extra's Hugging Face packages (tests/test_hf.py), pinned for reproducible runs
+HF_REQS="transformers==5.24.0 peft==0.21.2"
 stamp="$VENV/.sp24-deps"
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$TORCH_REQ" ]; then
-  stage "deps: installing $TORCH_REQ and the build/test tools into $VENV (first time only; about a minute for the CPU torch)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$TORCH_REQ $HF_REQS" ]; then
+  stage "deps: installing $TORCH_REQ, the build/test tools and the test extra ($HF_REQS) into $VENV (first time only; about a minute for the CPU torch)"
+  # shellcheck disable=SC2086  # HF_REQS is a list of requirements
   "$PY" -m pip install -q --disable-pip-version-check "$TORCH_REQ" numpy pytest hypothesis expecttest \
-    scikit-build-core pybind11 cmake ninja matplotlib tqdm
-  echo "$TORCH_REQ" > "$stamp"
+    scikit-build-core pybind11 cmake ninja matplotlib tqdm $HF_REQS
+  echo "$TORCH_REQ $HF_REQS" > "$stamp"
 else
-  stage "deps: $TORCH_REQ and the tools already installed in $VENV"
+  stage "deps: $TORCH_REQ, the tools and the test extra already installed in $VENV"
 fi
 
 build() {

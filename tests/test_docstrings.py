@@ -19,7 +19,6 @@ import sp24
 PENDING = {
     "sp24.Sp24Tensor", "sp24.sparsify24", "sp24.sparsify24_transposed", "sp24.mm", "sp24.stats",
     "sp24.build_info",
-    "sp24.nn.ReLU2", "sp24.nn.ReLU2FFN", "sp24.nn.set_sparse", "sp24.nn.convert", "sp24.nn.DenseWarmup",
 }
 
 

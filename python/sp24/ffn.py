@@ -96,21 +96,34 @@ def _make_permutation(T: int, device: torch.device) -> tuple[Tensor, Tensor]:
 _PERM_CACHE: dict = {}
 
 
+def _cacheable(device: torch.device) -> bool:
+    # Only real tensors made outside any dispatch mode are cached: a permutation made on meta or
+    # under FakeTensorMode (or another TorchDispatchMode, e.g. a tracer) would be a fake/meta
+    # tensor handed to later real forwards (issue #11).
+    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+    return device.type != "meta" and not _get_current_dispatch_mode_stack()
+
+
 def token_permutation(T: int, device="cpu") -> tuple[Tensor, Tensor]:
     """(perm, inverse) of the fixed token permutation for T tokens: X_ffn = X[perm].
 
     Deterministic (seeded hash, the same on every device), one per (T, device), cached in eager
-    mode; under torch.compile it is traced (a few integer ops and an argsort of T keys).
+    mode for real devices outside any dispatch mode; on meta, under FakeTensorMode (or any
+    TorchDispatchMode) and under torch.compile it is recomputed, never cached (a few integer ops
+    and an argsort of T keys).
     """
     device = torch.device(device)
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or not _cacheable(device):
         return _make_permutation(T, device)
     key = (int(T), device)
     hit = _PERM_CACHE.get(key)
     if hit is None:
         if len(_PERM_CACHE) > 64:
             _PERM_CACHE.clear()
-        hit = _PERM_CACHE[key] = _make_permutation(int(T), device)
+        # made as normal tensors even under torch.inference_mode(): an inference tensor in the
+        # cache could not be saved for backward by a later training forward
+        with torch.inference_mode(False):
+            hit = _PERM_CACHE[key] = _make_permutation(int(T), device)
     return hit
 
 
@@ -227,7 +240,9 @@ def n_dense_features(F: int, dense_fraction: float) -> int:
 
 
 def _autocast_dtype(x) -> Optional[torch.dtype]:
-    if isinstance(x, Tensor) and torch.is_autocast_enabled(x.device.type):
+    # is_autocast_enabled raises for device types without autocast (meta: issue #11)
+    if (isinstance(x, Tensor) and torch.amp.is_autocast_available(x.device.type)
+            and torch.is_autocast_enabled(x.device.type)):
         return torch.get_autocast_dtype(x.device.type)
     return None
 
