@@ -208,10 +208,26 @@ def mm(a: Sp24Tensor, b: Tensor, bias: Optional[Tensor] = None,
 
 @torch.no_grad()
 def stats(x: Tensor) -> dict:
-    """Sparsity statistics of an activation x (..., F), tokens = all leading dims.
+    r"""Sparsity statistics of an activation ``x`` (..., F); the tokens are all leading dims.
 
-    zero_fraction: fraction of exact zeros; drop_rowwise / drop_tokenwise: fraction of the
-    non-zeros that a 2:4 sparsification along F (rows) / along the tokens would drop.
+    Runs without autograd; an empty ``x`` gives zeros.
+
+    Args:
+        x (Tensor): (..., F), float16, bfloat16 or float32, at least 1-D.
+
+    Returns:
+        dict: ``numel``, ``nonzeros``, ``zero_fraction`` (fraction of exact zeros),
+        ``drop_rowwise`` / ``drop_tokenwise`` (fraction of the non-zeros that a 2:4
+        sparsification along F / along the tokens would drop; ``"largest_abs"``).
+
+    Raises:
+        TypeError: ``x`` is not a tensor, or another dtype (e.g. float64: cast it first).
+        ValueError: ``x`` is 0-D.
+
+    Example::
+
+        >>> sp24.stats(torch.tensor([[0.0, 3.0, 1.0, 2.0]]))["drop_rowwise"]
+        0.3333333333333333
     """
     x = _as_tensor("stats", "x", x)
     if x.dim() < 1:

@@ -320,13 +320,47 @@ def _check(x, w1, w2, b1, b2, sparse: bool, dense_fraction: float, same_dtype: b
 
 def relu2_ffn(x: Tensor, w1: Tensor, w2: Tensor, b1: Optional[Tensor] = None, b2: Optional[Tensor] = None,
               *, sparse: bool = True, dense_fraction: float = 0.05, permute_tokens: bool = True) -> Tensor:
-    """Differentiable Squared-ReLU FFN `relu(x W1^T + b1)^2 W2^T + b2` (x: (..., d)).
+    r"""Differentiable Squared-ReLU FFN ``relu(x W1^T + b1)^2 W2^T + b2`` with 2:4 activation sparsity.
 
-    sparse=False: exactly the plain PyTorch FFN (dense_relu2_ffn). sparse=True: the 2:4 FFN of the
-    module docstring; on CUDA it runs dense where the crossover table says 2:4 does not pay
-    (see sp24._fallback; `sp24.ffn.fallback(False)` or SP24_FFN_FALLBACK=0 turns that off).
-    dense_fraction: share of the features whose weight gradients stay dense (the densest ones).
-    permute_tokens: the fixed token permutation inside the FFN (the backward's grouping).
+    ``sparse=True`` (the default here) runs the 2:4 FFN of the module docstring, forward and
+    backward; ``sparse=False`` is exactly the plain PyTorch FFN (:func:`dense_relu2_ffn`). Note
+    the module :class:`sp24.nn.ReLU2FFN` defaults to ``sparse=False`` instead (dense warm-up
+    first, then ``sp24.nn.set_sparse``). On CUDA the sparse path runs dense where the crossover
+    table says 2:4 does not pay (see ``sp24._fallback``; ``sp24.ffn.fallback(False)`` or
+    ``SP24_FFN_FALLBACK=0`` turns that off).
+
+    ``torch.func``: :func:`torch.func.grad` (and ``vjp``) work; :func:`torch.func.vmap` over ``x``
+    runs one call on all the batch's tokens (forward bit for bit the per-sample result). vmap over
+    the weights, and vmap over a gradient (per-sample gradients, ``vmap(grad(f))``), raise
+    NotImplementedError in sparse mode (the dense mode is plain PyTorch and supports both). No
+    double backward in sparse mode.
+
+    Args:
+        x (Tensor): (..., d), float16, bfloat16 or float32 (sparse mode); any number of tokens.
+        w1 (Tensor): (F, d), ``nn.Linear`` layout, the dtype and device of ``x``.
+        w2 (Tensor): (d, F).
+        b1 (Tensor, optional): (F,). Default: None.
+        b2 (Tensor, optional): (d,). Default: None.
+        sparse (bool): the 2:4 path (True, default) or the exact dense FFN (False).
+        dense_fraction (float): in [0, 1], share of the features whose weight gradients stay
+            dense (the densest ones). Default: 0.05.
+        permute_tokens (bool): the fixed token permutation inside the FFN (the backward's
+            token-direction grouping). Default: True.
+
+    Returns:
+        Tensor: (..., d), the dtype of ``x`` (the autocast dtype under ``torch.autocast``).
+
+    Raises:
+        TypeError: a non-tensor argument, mismatched dtypes, or (sparse) an unsupported dtype.
+        ValueError: shapes that do not chain, mismatched devices, (sparse) d or F not a multiple
+            of 8, or ``dense_fraction`` outside [0, 1].
+        NotImplementedError: the torch.func cases above.
+
+    Example::
+
+        >>> x, w1, w2 = torch.randn(20, 16), torch.randn(64, 16), torch.randn(16, 64)
+        >>> sp24.relu2_ffn(x, w1, w2).shape
+        torch.Size([20, 16])
     """
     amp = _autocast_dtype(x)
     if not sparse:
