@@ -119,7 +119,8 @@ def test_columns_must_be_integers(columns, bad):
 def test_columns_accept_python_numpy_and_tensor_integers():
     x = tie_free(8, 8, torch.float32, seed=33)
     want = sp24.sparsify24_transposed(x, columns=torch.tensor([3, 0])).to_dense()
-    for cols in ([3, 0], (3, 0), np.array([3, 0]), [np.int32(3), torch.tensor(0)], torch.tensor([3, 0], dtype=torch.int32)):
+    for cols in ([3, 0], (3, 0), np.array([3, 0]), [np.int32(3), torch.tensor(0)],
+                 torch.tensor([3, 0], dtype=torch.int32)):
         assert torch.equal(sp24.sparsify24_transposed(x, columns=cols).to_dense(), want)
 
 
@@ -131,3 +132,18 @@ def test_stats_names_itself_and_handles_empty():
     for shape in ((0,), (0, 8), (4, 0), (2, 0, 8), (0, 0, 0)):
         st = sp24.stats(torch.empty(shape))
         assert st["numel"] == 0 and st["zero_fraction"] == 0.0 and st["drop_rowwise"] == 0.0, shape
+
+
+@pytest.mark.parametrize("name", ["sparsify24", "sparsify24_transposed", "mm", "stats", "relu2_ffn", "Sp24Tensor",
+                                  "Sp24Tensor.validate", "Sp24Tensor.to_dense", "autograd.relu2_grad"])
+def test_docstring_examples_run(name):
+    import doctest
+
+    obj = sp24
+    for part in name.split("."):
+        obj = getattr(obj, part)
+    tests = doctest.DocTestFinder(recurse=False).find(obj, name, globs={"torch": torch, "sp24": sp24})
+    assert tests and tests[0].examples, f"{name} has no Example"
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    for t in tests:
+        assert runner.run(t).failed == 0, name

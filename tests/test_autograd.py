@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch.func import grad, vmap
 
-from helpers import DTYPES, gen, tie_free, sp24
+from helpers import DEVICES, DTYPES, gen, tie_free, sp24
 from sp24 import ffn, reference
 
 ops = torch.ops.sp24
@@ -41,21 +41,22 @@ def _weights(shape, dtype, seed):
     return tie_free(int(torch.Size(shape).numel()) // shape[-1], shape[-1], dtype, seed).reshape(shape)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("activation", [None, "relu2"])
 @pytest.mark.parametrize("gradient", ["24sparse", "ste"])
 @pytest.mark.parametrize("use", ["to_dense", "mm", "values"])
-def test_sparsify24_gradient_matches_torch_autograd(dtype, activation, gradient, use):
-    x = tie_free(12, 16, dtype, seed=1).reshape(2, 6, 16).requires_grad_()
+def test_sparsify24_gradient_matches_torch_autograd(device, dtype, activation, gradient, use):
+    x = tie_free(12, 16, dtype, seed=1, device=device).reshape(2, 6, 16).requires_grad_()
     xo = x.detach().clone().requires_grad_()
-    w = _weights((2, 6, 16), dtype, seed=2)
-    b = torch.randint(-2, 3, (16, 3), generator=gen(3)).to(dtype)
+    w = _weights((2, 6, 16), dtype, seed=2).to(device)
+    b = torch.randint(-2, 3, (16, 3), generator=gen(3)).to(dtype).to(device)
     s = sp24.sparsify24(x, "largest_abs", activation, gradient=gradient)
     dense = _oracle_dense(xo, "largest_abs", activation, ste=gradient == "ste" and use != "values")
     if use == "to_dense":
         loss, want = (s.to_dense().float() * w.float()).sum(), (dense.float() * w.float()).sum()
     elif use == "mm":
-        g = torch.randint(-2, 3, (2, 6, 3), generator=gen(4)).float()
+        g = torch.randint(-2, 3, (2, 6, 3), generator=gen(4)).float().to(device)
         loss = ((s @ b).float() * g).sum()
         want = ((dense.float() @ b.float()) * g).sum()
     else:  # values(): only the kept positions carry a gradient, whatever `gradient` says
@@ -139,34 +140,40 @@ def test_gradcheck_raw_ops():
     _gradcheck(lambda g: ops.sparse24_apply_relu2_backward(g, y2, i), g)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_mm_gradients_match_torch_autograd(dtype):
+@pytest.mark.parametrize("n", [5, 16])  # 16: on CUDA the shape cuSPARSELt serves (fp16/bf16)
+def test_mm_gradients_match_torch_autograd(device, dtype, n):
     # integer-valued operands: every product and sum is exact, so the comparison is bit for bit
     gn = gen(13)
-    a = torch.randint(-3, 4, (2, 4, 16), generator=gn).to(dtype)
+    a = torch.randint(-3, 4, (2, 8, 16), generator=gn).to(dtype).to(device)
     s = sp24.sparsify24(a, "largest_abs")
     v = s.values().detach().clone().requires_grad_()
-    b = torch.randint(-3, 4, (16, 5), generator=gn).to(dtype).requires_grad_()
-    bias = torch.randint(-3, 4, (5,), generator=gn).to(dtype).requires_grad_()
-    dout = torch.randint(-3, 4, (2, 4, 5), generator=gn).float()
+    b = torch.randint(-3, 4, (16, n), generator=gn).to(dtype).to(device).requires_grad_()
+    bias = torch.randint(-3, 4, (n,), generator=gn).to(dtype).to(device).requires_grad_()
+    dout = torch.randint(-3, 4, (2, 8, n), generator=gn).float().to(device)
     out = sp24.mm(sp24.Sp24Tensor(v, s.indices()), b, bias, out_dtype=torch.float32)
     (out * dout).sum().backward()
     vo, bo, biaso = (t.detach().clone().requires_grad_() for t in (v, b, bias))
-    dense = torch.zeros(8, 16, dtype=dtype).scatter(1, _cols(s.indices().reshape(8, 8)), vo.reshape(8, 8))
-    ((dense.float() @ bo.float() + biaso.float()).reshape(2, 4, 5) * dout).sum().backward()
+    cols = _cols(s.indices().reshape(16, 8))
+    dense = torch.zeros(16, 16, dtype=dtype, device=device).scatter(1, cols, vo.reshape(16, 8))
+    ((dense.float() @ bo.float() + biaso.float()).reshape(2, 8, n) * dout).sum().backward()
     for got, want in ((v, vo), (b, bo), (bias, biaso)):
         assert got.grad is not None and torch.equal(got.grad, want.grad)
 
 
-def test_gradient_reaches_values_through_every_use():
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradient_reaches_values_through_every_use(device):
     # the silent stop of issue #11: grad_fn present, backward() fine, x.grad None
-    for use in (lambda s: s.to_dense(), lambda s: s @ torch.ones(8, 2), lambda s: sp24.mm(s, torch.ones(8, 2)),
-                lambda s: s.values(), lambda s: s.to(dtype=torch.float16).to_dense()):
-        x = torch.randn(4, 8, requires_grad=True)
+    ones = torch.ones(32, 16, device=device)
+    for use in (lambda s: s.to_dense(), lambda s: s @ ones, lambda s: sp24.mm(s, ones),
+                lambda s: s.values(), lambda s: s.to(dtype=torch.float16).to_dense(),
+                lambda s: s.to(dtype=torch.bfloat16) @ ones.bfloat16()):  # bf16 16x32 @ 32x16: cuSPARSELt's shape
+        x = torch.randn(16, 32, device=device, requires_grad=True)
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # torch's "autograd kernel was not registered" warning
             use(sp24.sparsify24(x)).float().sum().backward()
-        assert x.grad is not None and int(torch.count_nonzero(x.grad)) == 16
+        assert x.grad is not None and int(torch.count_nonzero(x.grad)) == 16 * 16
 
 
 REFUSED = [
@@ -175,17 +182,18 @@ REFUSED = [
     ("sparse24_cslt_mm", lambda x, v, i: ops.sparse24_cslt_mm(ops.sparse24_cslt_compress(v.detach(), i), 16, 32,
                                                               x.t()[:, :16].detach().requires_grad_(),
                                                               None, None, False)),
-    ("sparse24_transposed_split", lambda x, v, i: ops.sparse24_transposed_split(v, i, torch.arange(16),
-                                                                                 torch.arange(16, 32), "largest_abs")),
+    ("sparse24_transposed_split", lambda x, v, i: ops.sparse24_transposed_split(
+        v, i, torch.arange(16, device=x.device), torch.arange(16, 32, device=x.device), "largest_abs")),
     ("sparse24_apply_relu2_backward", lambda x, v, i: ops.sparse24_apply_relu2_backward(x.detach(), v, i)),
     ("sparse24_cslt_compress", lambda x, v, i: sp24.Sp24Tensor(v, i).packed()),
 ]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", range(len(REFUSED)))
-def test_non_differentiable_ops_raise_when_a_gradient_is_required(case):
+def test_non_differentiable_ops_raise_when_a_gradient_is_required(device, case):
     op, fn = REFUSED[case]
-    x = tie_free(16, 32, torch.bfloat16, seed=14).requires_grad_()
+    x = tie_free(16, 32, torch.bfloat16, seed=14, device=device).requires_grad_()
     v, i, _ = ops.sparsify24(x, "largest", None, False)
     with pytest.raises(RuntimeError, match=rf"sp24\.{op}: not differentiable w\.r\.t\. .*requires_grad=True"):
         fn(x, v, i)

@@ -195,7 +195,7 @@ def mm(a: Sp24Tensor, b: Tensor, bias: Optional[Tensor] = None,
     src = a._ste_src()
     if src is not None:
         _, act, cols, transposed = a._ste
-        out = _autograd.SteMM.apply(src, a._values.detach(), a._indices, b, bias, out_dtype, act, cols, transposed)
+        out = _autograd._SteMM.apply(src, a._values.detach(), a._indices, b, bias, out_dtype, act, cols, transposed)
     elif (a._gemm_ready() and b.dim() == 2 and b.size(0) == K and b.size(1) % 16 == 0 and b.size(1) > 0
             and b.dtype == a.dtype and b.device == a.device and not _needs_grad(a._values, b, bias)):
         # CUDA: reuse the cuSPARSELt buffer the Sp24Tensor holds (compressed once, on first use);

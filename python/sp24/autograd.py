@@ -37,8 +37,23 @@ GRADIENTS = ("24sparse", "24dense", "ste")
 
 
 def relu2_grad(grad: Tensor, x: Tensor) -> Tensor:
-    """grad * d/dx relu(x)^2 = grad * 2*relu(x), computed in fp32 and rounded once to grad.dtype
-    (NaN propagates). The derivative of the `activation="relu2"` of sp24.sparsify24."""
+    r"""The gradient through Squared-ReLU: ``grad * 2*relu(x)``, in fp32, rounded once.
+
+    The backward of ``activation="relu2"`` in :func:`sp24.sparsify24` (on the kept positions).
+    NaN propagates.
+
+    Args:
+        grad (Tensor): the incoming gradient, any float dtype.
+        x (Tensor): the pre-activation, broadcastable to ``grad``.
+
+    Returns:
+        Tensor: ``grad.dtype``, the shape of ``grad * x``.
+
+    Example::
+
+        >>> sp24.autograd.relu2_grad(torch.tensor([1.0, 1.0]), torch.tensor([-2.0, 3.0]))
+        tensor([0., 6.])
+    """
     return (grad.float() * (2.0 * torch.relu(x.float()))).to(grad.dtype)
 
 
@@ -124,7 +139,7 @@ def _to_dense_backward(ctx, dout):
 
 
 # ---- mm --------------------------------------------------------------------------------------
-def mm_backward(dout: Tensor, values: Tensor, indices: Tensor, b: Tensor, bias: Optional[Tensor],
+def _mm_grads(dout: Tensor, values: Tensor, indices: Tensor, b: Tensor, bias: Optional[Tensor],
                 needs: tuple) -> tuple:
     """(dvalues, db, dbias) of out = A @ b + bias for A = to_dense(values, indices): fp32 products,
     one rounding each; None where `needs` (values, b, bias) is False."""
@@ -150,7 +165,7 @@ def _mm_setup(ctx, inputs, output):
 def _mm_backward(ctx, dout):
     values, indices, b = ctx.saved_tensors
     need_v, need_b, need_bias = ctx.needs
-    dvalues, db, _ = mm_backward(dout, values, indices, b, None, (need_v, need_b, False))
+    dvalues, db, _ = _mm_grads(dout, values, indices, b, None, (need_v, need_b, False))
     dbias = dout.float().sum(0).to(ctx.bias_dtype) if need_bias else None
     return dvalues, None, db, dbias, None
 
@@ -181,7 +196,7 @@ _register()
 
 
 # ---- straight-through gradient ("ste") -------------------------------------------------------------
-def ste_pullback(dense_grad: Tensor, src: Tensor, activation: Optional[str], columns: Optional[Tensor],
+def _ste_pullback(dense_grad: Tensor, src: Tensor, activation: Optional[str], columns: Optional[Tensor],
                  transposed: bool) -> Tensor:
     """The gradient w.r.t. the sparsified input `src` of a gradient w.r.t. the dense matrix A it
     represents, straight through the 2:4 selection (every position, kept or dropped)."""
@@ -193,7 +208,7 @@ def ste_pullback(dense_grad: Tensor, src: Tensor, activation: Optional[str], col
     return g.new_zeros(src.shape).index_add_(1, columns, g.t()).to(src.dtype)
 
 
-class SteToDense(torch.autograd.Function):
+class _SteToDense(torch.autograd.Function):
     """to_dense(values, indices) whose gradient goes straight through to `src` (values detached)."""
 
     @staticmethod
@@ -209,10 +224,10 @@ class SteToDense(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         src, columns = ctx.saved_tensors
-        return ste_pullback(dout, src, ctx.activation, columns, ctx.transposed), None, None, None, None, None
+        return _ste_pullback(dout, src, ctx.activation, columns, ctx.transposed), None, None, None, None, None
 
 
-class SteMM(torch.autograd.Function):
+class _SteMM(torch.autograd.Function):
     """sparse24_mm(values, indices, b, bias) whose gradient w.r.t. the sparse operand goes straight
     through to `src` as the dense dA = dout @ b.T (values detached)."""
 
@@ -232,6 +247,6 @@ class SteMM(torch.autograd.Function):
         need_src, _, _, need_b, need_bias = ctx.needs_input_grad[:5]
         dsrc = None
         if need_src:
-            dsrc = ste_pullback(dout.float() @ b.float().t(), src, ctx.activation, columns, ctx.transposed)
-        _, db, dbias = mm_backward(dout, values, indices, b, bias, (False, need_b, need_bias))
+            dsrc = _ste_pullback(dout.float() @ b.float().t(), src, ctx.activation, columns, ctx.transposed)
+        _, db, dbias = _mm_grads(dout, values, indices, b, bias, (False, need_b, need_bias))
         return dsrc, None, None, db, dbias, None, None, None, None

@@ -180,9 +180,6 @@ class _SparseReLU2FFN(torch.autograd.Function):
         x2d, w1, w2, b1, b2, perm, inv_perm, n_dense, _out_shape, need_counts = inputs
         _out, values, packed, counts = output
         ctx.mark_non_differentiable(values, packed, counts)
-        if any(ctx.needs_input_grad[:5]) and not need_counts:
-            raise RuntimeError("sp24.relu2_ffn: internal error: a gradient is required but the forward did not "
-                               "count the features (need_counts=False)")
         ctx.save_for_backward(x2d, w1, w2, values, packed, counts, perm, inv_perm)
         ctx.n_dense = n_dense
         ctx.has_b1, ctx.has_b2 = b1 is not None, b2 is not None
@@ -217,6 +214,9 @@ class _SparseReLU2FFN(torch.autograd.Function):
                 "supported by the 2:4 path; take the gradient of the batched call (grad(f) on the whole batch), "
                 "or use sparse=False")
         x2d, w1, w2, values, packed, counts, perm, inv_perm = ctx.saved_tensors
+        if counts.numel() != values.shape[1] * 2:  # relu2_ffn passes need_counts=True whenever it records a graph
+            raise RuntimeError("sp24.relu2_ffn: internal error: a backward without the forward's feature counts "
+                               "(the forward ran with need_counts=False)")
         indices = unpack_indices(packed)
         need_x, need_w1, need_w2, need_b1, need_b2 = ctx.needs_input_grad[:5]
         dx = dw1 = dw2 = db1 = db2 = None

@@ -196,7 +196,7 @@ class Sp24Tensor:
         src = self._ste_src()
         if src is not None:
             _, act, cols, transposed = self._ste
-            out = _autograd.SteToDense.apply(src, self._values.detach(), self._indices, act, cols, transposed)
+            out = _autograd._SteToDense.apply(src, self._values.detach(), self._indices, act, cols, transposed)
         else:
             out = _ops.to_dense(self._values, self._indices)
         return self._rows(out)
