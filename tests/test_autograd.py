@@ -303,3 +303,18 @@ def test_relu2_ffn_double_backward_is_refused():
         (gx,) = torch.autograd.grad(sp24.relu2_ffn(x, w1, w2).square().sum(), x, create_graph=True)
         with pytest.raises(RuntimeError, match="once_differentiable"):
             gx.sum().backward()
+
+
+def test_torch_func_gradient_of_the_ops_is_a_clear_error():
+    # torch.library.register_autograd is not torch.func-compatible: say so, and name the remedy
+    x = torch.randn(4, 8, generator=gen(24))
+    msg = re.escape("torch.func gradient transforms (grad, vjp, jacrev, jvp) are not supported")
+    for fn, op in ((lambda x: sp24.sparsify24(x).to_dense().sum(), "sp24.sparsify24"),
+                   (lambda b: sp24.mm(sp24.sparsify24(x), b).sum(), "sp24.mm"),
+                   (lambda v: sp24.Sp24Tensor(v, sp24.sparsify24(x).indices()).to_dense().sum(),
+                    "sp24.Sp24Tensor.to_dense")):
+        arg = {"sp24.mm": torch.ones(8, 2), "sp24.Sp24Tensor.to_dense": torch.ones(4, 4)}.get(op, x)
+        with pytest.raises(NotImplementedError, match=re.escape(op) + ": " + msg):
+            grad(fn)(arg)
+    # vmap alone works (torch's per-sample fallback for the ops), and so does torch.autograd
+    assert torch.equal(vmap(lambda r: sp24.sparsify24(r).to_dense())(x), sp24.sparsify24(x).to_dense())

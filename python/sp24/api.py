@@ -86,6 +86,7 @@ def sparsify24(x: Tensor, algo: str = "largest", activation: Optional[str] = Non
     if x.dim() < 1:
         raise ValueError("sp24.sparsify24: x must have shape (..., K), got a 0-D tensor")
     _check_gradient("sparsify24", gradient)
+    _autograd.check_func_transform("sp24.sparsify24", x)
     lead = x.shape[:-1]
     x2d = _row_major(x if x.dim() == 2 else x.reshape(math.prod(lead), x.shape[-1]))
     values, indices, _ = _ops.sparsify24(x2d, algo, activation, False)
@@ -139,6 +140,7 @@ def sparsify24_transposed(x: Tensor, algo: str = "largest_abs",
     """
     x = _row_major(_as_tensor("sparsify24_transposed", "x", x))
     _check_gradient("sparsify24_transposed", gradient)
+    _autograd.check_func_transform("sp24.sparsify24_transposed", x)
     if columns is not None:
         if not isinstance(columns, Tensor):
             columns = _columns_tensor(columns)
@@ -191,6 +193,7 @@ def mm(a: Sp24Tensor, b: Tensor, bias: Optional[Tensor] = None,
     if not isinstance(a, Sp24Tensor):
         raise TypeError(f"sp24.mm: a must be a sp24.Sp24Tensor (from sp24.sparsify24), got {type(a).__name__}")
     b = _as_tensor("mm", "b", b)
+    _autograd.check_func_transform("sp24.mm", a._values, b, bias)
     M, K = a._values.shape[0], 2 * a._values.shape[1]
     src = a._ste_src()
     if src is not None:

@@ -57,6 +57,25 @@ def relu2_grad(grad: Tensor, x: Tensor) -> Tensor:
     return (grad.float() * (2.0 * torch.relu(x.float()))).to(grad.dtype)
 
 
+def check_func_transform(op: str, *tensors) -> None:
+    """Raise NotImplementedError when a torch.func gradient transform (grad, vjp, jacrev, jvp, ...)
+    would differentiate an sp24 op: their autograd is registered with
+    torch.library.register_autograd, which torch.func does not support (torch's own error only
+    says "it must override the setup_context staticmethod"). torch.func.vmap alone works."""
+    if torch.compiler.is_compiling() or torch._C._functorch.maybe_current_level() is None:
+        return
+    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)):
+        return
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+    grads = {torch._C._functorch.TransformType.Grad, torch._C._functorch.TransformType.Jvp}
+    if any(i.key() in grads for i in retrieve_all_functorch_interpreters()):
+        raise NotImplementedError(
+            f"{op}: torch.func gradient transforms (grad, vjp, jacrev, jvp) are not supported by the sp24 ops' "
+            "autograd (torch.library.register_autograd); use torch.autograd (loss.backward() or "
+            "torch.autograd.grad). sp24.relu2_ffn supports torch.func.grad; torch.func.vmap alone works")
+
+
 def _refuse(op: str, what: str, remedy: str):
     def setup_context(ctx, inputs, output):
         raise RuntimeError(f"sp24.{op}: not differentiable w.r.t. {what}, but a gradient is required "

@@ -193,6 +193,7 @@ class Sp24Tensor:
             >>> sp24.sparsify24(torch.tensor([1.0, -2.0, 3.0, 0.5])).to_dense()
             tensor([1., 0., 3., 0.])
         """
+        _autograd.check_func_transform("sp24.Sp24Tensor.to_dense", self._values)
         src = self._ste_src()
         if src is not None:
             _, act, cols, transposed = self._ste
