@@ -233,6 +233,7 @@ class Sp24Tensor:
         return mm(self, b)
 
     def __rmatmul__(self, a):
+        """Refused: ``dense @ Sp24Tensor`` (the 2:4 operand must be on the left); raises TypeError."""
         raise TypeError("sp24.Sp24Tensor: dense @ Sp24Tensor is not supported; the 2:4 operand must be on "
                         "the left (use (b.T @ ...) or sp24.sparsify24 on the other operand)")
 
