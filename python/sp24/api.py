@@ -1,4 +1,4 @@
-"""The thin public API over torch.ops.sp24 (DESIGN.md section 2)."""
+"""The thin public API over torch.ops.sp24 (docs/DESIGN.md, 'Public API')."""
 
 from __future__ import annotations
 
@@ -257,7 +257,20 @@ def stats(x: Tensor) -> dict:
 
 
 def build_info() -> dict:
-    """Versions the extension was built with and runs under, and which kernels exist."""
+    r"""Versions sp24 was built with and runs under, and which kernels exist.
+
+    Returns:
+        dict: ``torch_version`` / ``cuda_version`` / ``cuda_archs`` / ``cusparselt_version`` of the
+        build (and the rest of ``sp24._C.build_info()``), ``torch_runtime_version``,
+        ``cuda_available``, ``gpu`` (name or None), ``cusparselt_runtime_version`` (None without
+        one), ``kernels``: {"CPU" | "Meta" | "CUDA": the torch.ops.sp24 ops with a kernel there}.
+
+    Example::
+
+        >>> info = sp24.build_info()
+        >>> "sparsify24" in info["kernels"]["CPU"]
+        True
+    """
     info = dict(_C.build_info())
     info["torch_runtime_version"] = torch.__version__
     info["cuda_available"] = torch.cuda.is_available()
