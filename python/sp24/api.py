@@ -61,7 +61,8 @@ def sparsify24(x: Tensor, algo: str = "largest", activation: Optional[str] = Non
             (through :meth:`Sp24Tensor.to_dense` and products; :meth:`Sp24Tensor.values` only
             has kept positions). ``"24dense"``: xformers' name, the same as ``"24sparse"``
             (sp24's gradients are dense tensors). With ``activation="relu2"`` the gradient is
-            multiplied by ``2*relu(x)``, in fp32, rounded once.
+            multiplied by ``2*relu(x)``, in fp32, rounded once. When a gradient is to be
+            computed, ``"ste"`` and ``activation="relu2"`` keep ``x`` for the backward.
 
     Returns:
         Sp24Tensor: dense shape (..., K) = ``x.shape``; ``values()``/``indices()`` are
