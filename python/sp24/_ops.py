@@ -6,12 +6,49 @@ torch.compile see the same checks and shapes as eager.
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
 from torch import Tensor
 
 _ops = torch.ops.sp24
+
+# Debug mode (SP24_VALIDATE=1 in the environment, or sp24._ops.VALIDATE = True): the wrappers below
+# that take `indices` check them with validate_indices first (one pass over the indices and, on
+# CUDA, one synchronisation per call). Sp24Tensor(values, indices) validates whatever this says.
+VALIDATE = os.environ.get("SP24_VALIDATE", "0").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def validate_indices(op: str, indices: Tensor) -> None:
+    """Raise ValueError unless `indices` (..., K/2) uint8 holds, for every group of 4, two distinct
+    positions in 0..3 in increasing order. Malformed indices are memory-safe in every sp24 kernel
+    but give wrong results. Skipped for meta and fake tensors and while torch.compile traces
+    (there is no data to read); call it in eager mode."""
+    if indices.device.type == "meta" or torch.compiler.is_compiling() or \
+            torch._subclasses.fake_tensor.is_fake(indices):
+        return
+    if indices.dtype != torch.uint8:
+        raise TypeError(f"{op}: indices.dtype must be torch.uint8, got {indices.dtype}")
+    if indices.numel() == 0:
+        return
+    if indices.shape[-1] % 2:
+        raise ValueError(f"{op}: indices.size(-1) must be even (K/2 for a 2:4 matrix of K columns), "
+                         f"got {indices.shape[-1]}")
+    pairs = indices.reshape(-1, indices.shape[-1] // 2, 2)
+    bad = (pairs[..., 1] > 3) | (pairs[..., 0] >= pairs[..., 1])  # also catches pairs[..., 0] > 3
+    if bool(bad.any()):
+        row, group = (int(v) for v in bad.nonzero()[0])
+        got = [int(v) for v in pairs[row, group]]
+        raise ValueError(f"{op}: malformed indices: each group of 4 needs two distinct positions in 0..3 in "
+                         f"increasing order, but row {row}, group {group} (columns {4 * group}..{4 * group + 3}) "
+                         f"has {got} ({int(bad.sum())} bad group(s) in all); build indices with sp24.sparsify24 "
+                         f"or sp24.reference.mask_to_indices")
+
+
+def _debug_check(op: str, indices: Tensor) -> None:
+    if VALIDATE:
+        validate_indices(op, indices)
 
 
 def sparsify24(x: Tensor, algo: str = "largest", activation: Optional[str] = None,
@@ -25,19 +62,23 @@ def sparsify24_transposed(x: Tensor, algo: str = "largest_abs",
 
 
 def apply(x: Tensor, indices: Tensor) -> Tensor:
+    _debug_check("sp24.sparse24_apply", indices)
     return _ops.sparse24_apply(x, indices)
 
 
 def apply_relu2_backward(grad: Tensor, y2_values: Tensor, indices: Tensor) -> Tensor:
+    _debug_check("sp24.sparse24_apply_relu2_backward", indices)
     return _ops.sparse24_apply_relu2_backward(grad, y2_values, indices)
 
 
 def to_dense(values: Tensor, indices: Tensor) -> Tensor:
+    _debug_check("sp24.sparse24_to_dense", indices)
     return _ops.sparse24_to_dense(values, indices)
 
 
 def mm(values: Tensor, indices: Tensor, b: Tensor, bias: Optional[Tensor] = None,
        out_dtype: Optional[torch.dtype] = None) -> Tensor:
+    _debug_check("sp24.sparse24_mm", indices)
     return _ops.sparse24_mm(values, indices, b, bias, out_dtype)
 
 
@@ -61,6 +102,7 @@ def cslt_compress(values: Tensor, indices: Tensor) -> Tensor:
     """GEMM-ready buffer of a 2:4 A (M, K): 1-D uint8, device-specific and opaque (cuSPARSELt's
     compressed layout on CUDA, sp24's packing `reference.cslt_pack` on CPU). fp16/bf16, M and K
     multiples of 16. Compress once, then time or reuse the GEMM alone with `cslt_mm`."""
+    _debug_check("sp24.sparse24_cslt_compress", indices)
     return _ops.sparse24_cslt_compress(values, indices)
 
 
@@ -99,6 +141,7 @@ def transposed_split(values: Tensor, indices: Tensor, sparse_cols: Tensor, dense
     along the tokens of A[:, sparse_cols].T (Cs, T/2) each, and dense_t = A[:, dense_cols].T (Cd, T),
     without the dense A; bit for bit sparsify24_transposed(to_dense(...), algo, sparse_cols) and
     to_dense(...)[:, dense_cols].t(). T % 4 == 0; the column lists are 1-D int64, any order."""
+    _debug_check("sp24.sparse24_transposed_split", indices)
     return _ops.sparse24_transposed_split(values, indices, sparse_cols, dense_cols, algo)
 
 

@@ -156,14 +156,17 @@ class _SparseReLU2FFN(torch.autograd.Function):
     # A torch.autograd.Function (not a custom_op): it is made of sp24 ops that already have
     # Meta kernels, so Dynamo traces forward and backward into the graph with fullgraph=True and
     # no extra fake implementation is needed (tests/test_compile.py).
+    # forward / setup_context are separate (torch.func.grad works); the compressed Y2, its packed
+    # pattern and the counts are returned as extra, non-differentiable outputs so that
+    # setup_context can save them; relu2_ffn returns only the first output.
 
     @staticmethod
-    def forward(ctx, x2d, w1, w2, b1, b2, perm, inv_perm, n_dense, out_shape):
+    def forward(x2d, w1, w2, b1, b2, perm, inv_perm, n_dense, out_shape, need_counts):
         T, d = x2d.shape
         pad = (-T) % TOKEN_ALIGN
         X = _pad_rows(x2d if perm is None else x2d.index_select(0, perm), pad)
         y1 = F_.linear(X, w1, b1)
-        need_counts = any(ctx.needs_input_grad[:5])  # the feature split is a backward-only need
+        # the counts drive the feature split, a backward-only need
         values, indices, counts = _ops.sparsify24(y1, "largest", "relu2", need_counts)
         if pad and b1 is not None:
             # padded tokens: Y1 = b1 there; zero their Y2 so they can never win a token-direction
@@ -183,14 +186,50 @@ class _SparseReLU2FFN(torch.autograd.Function):
             else:
                 out.view(-1, d).index_copy_(0, perm, y3[:T])
         # the pattern is saved packed, 4 indices a byte (F % 8 == 0 in sparse mode): T*F/8 bytes
-        ctx.save_for_backward(x2d, w1, w2, values, pack_indices(indices), counts, perm, inv_perm)
-        ctx.n_dense = n_dense
-        ctx.has_b1, ctx.has_b2 = b1 is not None, b2 is not None
-        return out
+        return out, values, pack_indices(indices), counts
 
     @staticmethod
-    def backward(ctx, dout):
+    def setup_context(ctx, inputs, output):
+        x2d, w1, w2, b1, b2, perm, inv_perm, n_dense, _out_shape, need_counts = inputs
+        _out, values, packed, counts = output
+        ctx.mark_non_differentiable(values, packed, counts)
+        ctx.save_for_backward(x2d, w1, w2, values, packed, counts, perm, inv_perm)
+        ctx.n_dense = n_dense
+        ctx.has_b1, ctx.has_b2 = b1 is not None, b2 is not None
+
+    @staticmethod
+    def vmap(info, in_dims, x2d, w1, w2, b1, b2, perm, inv_perm, n_dense, out_shape, need_counts):
+        # torch.func.vmap over x only: the FFN is row-wise, so a batch of B inputs is one call on
+        # B*T tokens (forward bit for bit the per-sample result). Batched weights (per-sample
+        # models) are refused.
+        names = ("w1", "w2", "b1", "b2")
+        batched = [n for n, dim in zip(names, in_dims[1:5]) if dim is not None]
+        if batched:
+            raise NotImplementedError(
+                f"sp24.relu2_ffn: torch.func.vmap over the weights ({', '.join(batched)}) is not supported by the "
+                "2:4 path; vmap over x only, or use sparse=False")
+        B = info.batch_size
+        xb = x2d.unsqueeze(0).expand(B, *x2d.shape) if in_dims[0] is None else x2d.movedim(in_dims[0], 0)
+        T, d = xb.shape[1], xb.shape[2]
+        xf = xb.reshape(B * T, d)
+        if perm is not None:
+            perm, inv_perm = token_permutation(B * T, xf.device)
+        out, values, packed, counts = _SparseReLU2FFN.apply(xf, w1, w2, b1, b2, perm, inv_perm, n_dense,
+                                                            (B * T, d), need_counts)
+        return (out.reshape(B, *out_shape), values, packed, counts), (0, None, None, None)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable  # no double backward (a clear error if asked)
+    def backward(ctx, dout, _dvalues, _dpacked, _dcounts):
+        if not torch.compiler.is_compiling() and _under_vmap():
+            raise NotImplementedError(
+                "sp24.relu2_ffn: torch.func.vmap over a gradient (e.g. per-sample gradients, vmap(grad(f))) is not "
+                "supported by the 2:4 path; take the gradient of the batched call (grad(f) on the whole batch), "
+                "or use sparse=False")
         x2d, w1, w2, values, packed, counts, perm, inv_perm = ctx.saved_tensors
+        if counts.numel() != values.shape[1] * 2:  # relu2_ffn passes need_counts=True whenever it records a graph
+            raise RuntimeError("sp24.relu2_ffn: internal error: a backward without the forward's feature counts "
+                               "(the forward ran with need_counts=False)")
         indices = unpack_indices(packed)
         need_x, need_w1, need_w2, need_b1, need_b2 = ctx.needs_input_grad[:5]
         dx = dw1 = dw2 = db1 = db2 = None
@@ -224,7 +263,14 @@ class _SparseReLU2FFN(torch.autograd.Function):
                 g_dense = dy1d_t @ X                                            # (Fd, d)
                 dw1 = dy1.new_empty(Fh, d).index_copy_(0, sparse_cols, g_sparse).index_copy_(
                     0, dense_cols, g_dense)
-        return dx, dw1, dw2, db1, db2, None, None, None, None
+        return dx, dw1, dw2, db1, db2, None, None, None, None, None
+
+
+def _under_vmap() -> bool:
+    # whether a torch.func.vmap level is active (the backward then runs on batched tensors)
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+    return torch._C._functorch.maybe_current_level() is not None and any(i.key() == torch._C._functorch.TransformType.Vmap for i in retrieve_all_functorch_interpreters())
 
 
 def n_dense_features(F: int, dense_fraction: float) -> int:
@@ -301,6 +347,15 @@ def relu2_ffn(x: Tensor, w1: Tensor, w2: Tensor, b1: Optional[Tensor] = None, b2
     autocast dtype. A NaN/Inf in a token's input makes that token's output and ``dx`` non-finite,
     as in the dense FFN (docs/DESIGN.md, 'NaN and Inf in training').
 
+    Defaults differ on purpose: ``sparse=True`` here, but :class:`sp24.nn.ReLU2FFN` starts with
+    ``sparse=False`` (dense warm-up first, then ``sp24.nn.set_sparse``).
+
+    ``torch.func``: :func:`torch.func.grad` (and ``vjp``) work; :func:`torch.func.vmap` over ``x``
+    runs one call on all the batch's tokens (forward bit for bit the per-sample result). vmap over
+    the weights, and vmap over a gradient (per-sample gradients, ``vmap(grad(f))``), raise
+    NotImplementedError in sparse mode (the dense mode is plain PyTorch and supports both). No
+    double backward in sparse mode.
+
     Args:
         x (Tensor): (..., d) input, any number of tokens (leading dims); fp32, fp16 or bf16.
         w1 (Tensor): (F, d) first weight (``nn.Linear(d, F).weight``), dtype and device of x.
@@ -322,6 +377,7 @@ def relu2_ffn(x: Tensor, w1: Tensor, w2: Tensor, b1: Optional[Tensor] = None, b2
         ValueError: shapes that do not chain (x (..., d), w1 (F, d), w2 (d, F)), tensors on
             different devices, ``dense_fraction`` outside [0, 1], or (sparse) d or F not a
             multiple of 8.
+        NotImplementedError: the torch.func cases above (sparse mode).
 
     Example::
 
@@ -356,11 +412,11 @@ def relu2_ffn(x: Tensor, w1: Tensor, w2: Tensor, b1: Optional[Tensor] = None, b2
     perm = inv_perm = None
     if permute_tokens and T > 1:
         perm, inv_perm = token_permutation(T, x.device)
-    args = (x2d, w1, w2, b1, b2, perm, inv_perm, n_dense, (*x.shape[:-1], d))
+    args = (x2d, w1, w2, b1, b2, perm, inv_perm, n_dense, (*x.shape[:-1], d), backward)
     if amp is not None:
         with torch.autocast(x.device.type, enabled=False):
-            return _SparseReLU2FFN.apply(*args)
-    return _SparseReLU2FFN.apply(*args)
+            return _SparseReLU2FFN.apply(*args)[0]
+    return _SparseReLU2FFN.apply(*args)[0]
 
 
 # --------------------------------------------------------------------------------------------
