@@ -41,8 +41,19 @@ __device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
 __device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
 template <typename T> __device__ __forceinline__ T from_f(float v);
 template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+// A NaN is written as the canonical NaN (sp24/select.h) explicitly: the same bits as the CPU kernels
+// whatever the conversion instruction or an emulation of it does with a NaN.
+template <typename T>
+__device__ __forceinline__ T nan16() {
+  const uint16_t bits = kNanBits16;
+  T t;
+  __builtin_memcpy(&t, &bits, sizeof(t));
+  return t;
+}
+template <> __device__ __forceinline__ __half from_f<__half>(float v) { return is_nan(v) ? nan16<__half>() : __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) {
+  return is_nan(v) ? nan16<__nv_bfloat16>() : __float2bfloat16_rn(v);
+}
 
 void check_launch(const char* what) {
   cudaError_t e = cudaGetLastError();
@@ -471,10 +482,7 @@ __global__ void apply24_kernel(Apply24Params p) {
   if (p.relu2_backward) {
     const T* y2 = static_cast<const T*>(p.y2_values) + 2 * gid;
 #pragma unroll
-    for (int s = 0; s < 2; ++s) {
-      const float d = 2.f * sqrtf(to_f(y2[s]));
-      v[s] = from_f<T>(to_f(v[s]) * d);
-    }
+    for (int s = 0; s < 2; ++s) v[s] = from_f<T>(relu2_backward(to_f(v[s]), to_f(y2[s])));
   }
   out[0] = v[0];
   out[1] = v[1];

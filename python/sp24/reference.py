@@ -18,10 +18,21 @@ from torch import Tensor
 
 _INT_VIEW = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
 
+# The one NaN per dtype that sp24's arithmetic writes (relu2 and its backward): the quiet NaN NVIDIA
+# GPUs produce (CUDA's CUDART_NAN_F / CUDART_NAN_FP16 / CUDART_NAN_BF16). A NaN that is only selected
+# or moved keeps its bits. (csrc/sp24/select.h states the same, with the evidence.)
+NAN_BITS = {torch.float32: 0x7FFFFFFF, torch.float16: 0x7FFF, torch.bfloat16: 0x7FFF}
+
+
+def canonical_nan(y: Tensor) -> Tensor:
+    """y with every NaN replaced by the canonical NaN of its dtype (NAN_BITS), other bits unchanged."""
+    bits = y.contiguous().view(_INT_VIEW[y.dtype])
+    return bits.masked_fill(y.isnan(), NAN_BITS[y.dtype]).view(y.dtype)
+
 
 def relu2(x: Tensor) -> Tensor:
-    """Squared-ReLU computed in fp32 and rounded once to x's dtype (NaN propagates)."""
-    return torch.relu(x.float()).square().to(x.dtype)
+    """Squared-ReLU computed in fp32 and rounded once to x's dtype; a NaN input gives the canonical NaN."""
+    return canonical_nan(torch.relu(x.float()).square().to(x.dtype))
 
 
 def select_mask(x: Tensor, algo: str = "largest") -> Tensor:
@@ -91,7 +102,8 @@ def sparsify24(x: Tensor, algo: str = "largest", activation: Optional[str] = Non
 def sparsify24_transposed(x: Tensor, algo: str = "largest_abs",
                           columns: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     """2:4 of x[:, columns].T (or x.T) along its last dim, i.e. along the rows of x."""
-    xt = (x if columns is None else x[:, columns]).t().contiguous()
+    iv = _INT_VIEW[x.dtype]  # select columns on an integer view: keep every bit (NaN payloads)
+    xt = (x if columns is None else x.contiguous().view(iv)[:, columns].view(x.dtype)).t().contiguous()
     values, indices, _ = sparsify24(xt, algo)
     return values, indices
 
@@ -102,9 +114,10 @@ def apply(x: Tensor, indices: Tensor) -> Tensor:
 
 
 def apply_relu2_backward(grad: Tensor, y2_values: Tensor, indices: Tensor) -> Tensor:
-    """dY1 = dY2 * 2*relu(Y1) on the kept positions, with relu(Y1) = sqrt(Y2), in fp32."""
+    """dY1 = dY2 * (2*relu(Y1)) on the kept positions, with relu(Y1) = sqrt(Y2), in fp32, rounded
+    once; any NaN (a NaN operand, Y2 < 0, 0 * Inf) is the canonical NaN."""
     g = apply(grad, indices).float()
-    return (g * (2.0 * y2_values.float().sqrt())).to(grad.dtype)
+    return canonical_nan((g * (2.0 * y2_values.float().sqrt())).to(grad.dtype))
 
 
 def to_dense(values: Tensor, indices: Tensor) -> Tensor:
