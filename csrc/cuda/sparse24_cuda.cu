@@ -270,8 +270,8 @@ __device__ __forceinline__ int tile_at(int t, int c) {
 __global__ void inverse_columns_kernel(const int64_t* __restrict__ columns, int64_t C, int64_t N,
                                        int32_t* __restrict__ inv) {
   // inv[col] = the largest c with columns[c] == col (deterministic under duplicates), else -1.
-  // inv is pre-filled with -1 (memset 0xff). An out-of-range column (the CPU op refuses them, the
-  // CUDA op does not sync to check) is clamped to [0, N): defined output, never a write outside inv.
+  // inv is pre-filled with -1 (memset 0xff). The glue refuses out-of-range columns on every device
+  // (check_columns_range); the clamp to [0, N) is a second line: never a write outside inv.
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= C) return;
   int64_t col = columns[c];
