@@ -8,6 +8,7 @@
 #include <string>
 
 #include "sp24/cslt_layout.h"
+#include "sp24/grid.h"
 #include "sp24_build_config.h"
 
 #ifdef SP24_WITH_CUDA
@@ -63,6 +64,27 @@ PYBIND11_MODULE(_C, m) {
 #endif
     return out;
   });
+  // The CUDA launchers' grids and shared tile layout (sp24/grid.h), plain host code: the shape limits
+  // and the bank conflicts are tested without a GPU (tests/test_grid_limits.py).
+  m.def("launch_grid", [](const std::string& kernel, int64_t rows, int64_t cols) {
+    sp24::TileGrid g;
+    if (kernel == "sparsify24") {
+      g = sp24::sparsify24_grid(rows, cols);
+    } else if (kernel == "transposed") {
+      g = sp24::transposed_grid(rows, cols);
+    } else {
+      throw std::invalid_argument("sp24._C.launch_grid: kernel must be 'sparsify24' or 'transposed', got '" + kernel + "'");
+    }
+    py::dict d;
+    d["x"] = g.x;
+    d["y"] = g.y;
+    d["fast"] = g.fast;
+    d["tiles"] = g.tiles;
+    d["fits"] = g.fits;
+    return d;
+  }, py::arg("kernel"), py::arg("rows"), py::arg("cols"));
+  m.def("tile_offset", &sp24::tile_offset, py::arg("elem_size"), py::arg("t"), py::arg("c"));
+  m.def("tile_elems", &sp24::tile_elems, py::arg("elem_size"));
   // Host run of the direct writer's metadata function (the CUDA kernel is a grid-stride loop over
   // it), so that a machine without a GPU can check it against sp24.reference.cslt_layout.
   m.def("cslt_meta_host", [](py::bytes indices, int64_t M, int64_t K) {

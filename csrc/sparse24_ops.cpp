@@ -100,7 +100,7 @@ std::tuple<at::Tensor, at::Tensor> sparsify24_transposed(const at::Tensor& x, c1
     at::Tensor cols;
     if (columns.has_value()) {
       cols = columns->contiguous();
-      if constexpr (B == Backend::kCPU) check_columns_range(op, "columns", cols, x.size(1));
+      check_columns_range(op, {{"columns", &cols}}, x.size(1));  // CPU and CUDA alike
     }
     Sparsify24TransposedParams p;
     p.x = x.data_ptr();
@@ -121,8 +121,7 @@ std::tuple<at::Tensor, at::Tensor> sparsify24_transposed(const at::Tensor& x, c1
       // Column -> output-row map for the column subset (stream-ordered: freeing it after the
       // launch is safe with the caching allocator).
       at::Tensor ws;
-      if (columns.has_value()) {
-        SP24_CHECK(p.N > 0, op, ": columns must lie in [0, 0) for x of shape ", x.sizes(), ", got ", p.C, " columns");
+      if (columns.has_value()) {  // p.N > 0: check_columns_range refused any column of an empty x
         ws = at::empty({p.N}, x.options().dtype(at::kInt));
         p.workspace = ws.data_ptr<int32_t>();
       }
@@ -467,10 +466,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse24_transposed_split(const a
   if constexpr (B != Backend::kMeta) {
     const int64_t F = values.size(1) * 2;
     auto sc = sparse_cols.contiguous(), dc = dense_cols.contiguous();
-    if constexpr (B == Backend::kCPU) {
-      check_columns_range(op, "sparse_cols", sc, F);
-      check_columns_range(op, "dense_cols", dc, F);
-    }
+    check_columns_range(op, {{"sparse_cols", &sc}, {"dense_cols", &dc}}, F);  // CPU and CUDA alike
     TransposedSplit24Params p;
     p.values = values.data_ptr();
     p.indices = indices.data_ptr<uint8_t>();
@@ -490,9 +486,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse24_transposed_split(const a
 #ifdef SP24_WITH_CUDA
     if constexpr (B == Backend::kCUDA) {
       c10::cuda::CUDAGuard guard(values.device());
-      SP24_CHECK(p.F > 0, op, ": sparse_cols and dense_cols must lie in [0, 0) for values of shape ", values.sizes(),
-                 ", got ", p.Cs + p.Cd, " columns");
-      // The two feature -> output-row maps (stream-ordered: freeing after the launch is safe).
+      // p.F > 0: check_columns_range refused any column of an empty A. The two feature -> output-row
+      // maps (stream-ordered: freeing after the launch is safe).
       auto ws = at::empty({2 * p.F}, values.options().dtype(at::kInt));
       p.workspace = ws.data_ptr<int32_t>();
       transposed_split24_cuda(p, current_stream());

@@ -11,7 +11,7 @@
 #   SP24_VENV   venv folder (default .venv)
 #   SP24_TORCH  torch requirement (default torch==2.13.0, a CPU build; torch==2.11.0 is the CUDA one)
 #   SP24_CUDA   AUTO|ON|OFF for the build (default AUTO: CUDA kernels iff torch is a CUDA build + nvcc)
-#   TORCH_CUDA_ARCH_LIST  CUDA archs (default 8.0;9.0a)
+#   TORCH_CUDA_ARCH_LIST  CUDA archs (default 8.0;9.0a;10.0;11.0;12.0+PTX)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -5,6 +5,7 @@
 #include <c10/util/Half.h>
 
 #include <atomic>
+#include <type_traits>
 #include <vector>
 
 #include "sp24/params.h"
@@ -23,6 +24,17 @@ void dispatch_dtype(DType d, F&& f) {
 }
 
 constexpr int64_t kGrain = 64;
+
+// fp32 -> T, rounded to nearest even once; a NaN becomes the canonical NaN of T (sp24/select.h):
+// c10's casts would write 0x7E00 (fp16) / 0x7FC0 (bf16), the GPU writes 0x7FFF.
+template <typename T>
+inline T round_to(float v) {
+  if constexpr (std::is_same_v<T, float>) {
+    return is_nan(v) ? canonical_nan() : v;
+  } else {
+    return is_nan(v) ? T(kNanBits16, T::from_bits()) : static_cast<T>(v);
+  }
+}
 
 // Select the kept pair of one group of 4 (as stored in T) and write its values and indices.
 template <typename T>
@@ -60,7 +72,7 @@ void sparsify24_rows(const Sparsify24Params& p) {
         T a[4];
         for (int i = 0; i < 4; ++i) {
           a[i] = xr[4 * g + i];
-          if (p.relu2) a[i] = static_cast<T>(relu2(static_cast<float>(a[i])));  // ranked as stored
+          if (p.relu2) a[i] = round_to<T>(relu2(static_cast<float>(a[i])));  // ranked as stored
           if (cnt && static_cast<float>(a[i]) != 0.f) cnt[4 * g + i] += 1;    // NaN != 0: non-zero
         }
         select_and_store(a, p.algo, vr + 2 * g, ir + 2 * g);
@@ -106,8 +118,7 @@ void apply24_rows(const Apply24Params& p) {
         // `& 3` keeps a corrupted index inside its group: never a read outside x.
         const int64_t col = 4 * (h / 2) + (p.indices[r * H + h] & 3);
         if (p.relu2_backward) {
-          const float d = 2.f * std::sqrt(static_cast<float>(y2[r * H + h]));
-          values[r * H + h] = static_cast<T>(static_cast<float>(xr[col]) * d);
+          values[r * H + h] = round_to<T>(relu2_backward(static_cast<float>(xr[col]), static_cast<float>(y2[r * H + h])));
         } else {
           values[r * H + h] = xr[col];
         }

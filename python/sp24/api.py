@@ -147,16 +147,7 @@ def sparsify24_transposed(x: Tensor, algo: str = "largest_abs",
             columns = _columns_tensor(columns)
         if columns.dtype != torch.int64 and not columns.is_floating_point() and columns.dtype != torch.bool:
             columns = columns.to(torch.int64)
-        columns = columns.to(x.device)
-        # The CPU kernel checks the range itself; the CUDA one clamps (no sync inside the op), so
-        # the public API checks here, with the same words.
-        from torch._subclasses.fake_tensor import is_fake  # no values on meta/fake: no .item() (issue #11)
-        if (x.device.type not in ("cpu", "meta") and not is_fake(columns) and columns.dim() == 1
-                and columns.dtype == torch.int64 and columns.numel() > 0 and x.dim() == 2):
-            lo, hi = int(columns.min()), int(columns.max())
-            if lo < 0 or hi >= x.size(1):
-                raise ValueError(f"sp24.sparsify24_transposed: columns must lie in [0, {x.size(1)}), "
-                                 f"got values in [{lo}, {hi}]")
+        columns = columns.to(x.device)  # the op checks the range, on every device
     values, indices = _ops.sparsify24_transposed(x, algo, columns)
     return Sp24Tensor._wrap(values, indices, ste=_ste(x, None, columns, True, gradient))
 
