@@ -26,7 +26,23 @@ NAN_BITS = {torch.float32: 0x7FFFFFFF, torch.float16: 0x7FFF, torch.bfloat16: 0x
 
 
 def canonical_nan(y: Tensor) -> Tensor:
-    """y with every NaN replaced by the canonical NaN of its dtype (NAN_BITS), other bits unchanged."""
+    """``y`` with every NaN replaced by the canonical NaN of its dtype, other bits unchanged.
+
+    The canonical NaN (``NAN_BITS``) is what sp24's arithmetic writes on every backend; a NaN that
+    is only selected or moved keeps its own bits.
+
+    Args:
+        y (Tensor): float32, float16 or bfloat16, any shape.
+
+    Returns:
+        Tensor: same shape and dtype as ``y`` (contiguous).
+
+    Example::
+
+        >>> nan = torch.tensor([-1], dtype=torch.int16).view(torch.bfloat16)   # 0xFFFF, a NaN
+        >>> hex(sp24.reference.canonical_nan(nan).view(torch.int16).item() & 0xFFFF)
+        '0x7fff'
+    """
     bits = y.contiguous().view(_INT_VIEW[y.dtype])
     return bits.masked_fill(y.isnan(), NAN_BITS[y.dtype]).view(y.dtype)
 
