@@ -35,6 +35,8 @@ TORCH_LIBRARY(sp24, m) {
   // issue #4: the FFN backward's feature split straight from a row-wise 2:4 A (T, F) given as
   // values/indices (T, F/2): (tvalues, tindices) = sparsify24_transposed(A, algo, sparse_cols)
   // (Cs, T/2) and dense_t = A[:, dense_cols].T (Cd, T), without materialising the dense A.
+  // check_columns=False skips the column range check where it costs a host sync (CUDA): for sp24's
+  // own feature split, a permutation of range(F) by construction; the CUDA kernel still clamps ids.
   m.def("sparse24_transposed_split(Tensor values, Tensor indices, Tensor sparse_cols, Tensor dense_cols,"
-        " str algo=\"largest_abs\") -> (Tensor tvalues, Tensor tindices, Tensor dense_t)");
+        " str algo=\"largest_abs\", bool check_columns=True) -> (Tensor tvalues, Tensor tindices, Tensor dense_t)");
 }

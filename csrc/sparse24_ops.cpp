@@ -450,7 +450,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse24_transposed_split(const a
                                                                          const at::Tensor& indices,
                                                                          const at::Tensor& sparse_cols,
                                                                          const at::Tensor& dense_cols,
-                                                                         c10::string_view algo) {
+                                                                         c10::string_view algo,
+                                                                         bool range_check) {
   const char* op = "sp24.sparse24_transposed_split";
   check_compressed(op, values, indices);
   const int algo_id = parse_algo(op, algo);
@@ -466,7 +467,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse24_transposed_split(const a
   if constexpr (B != Backend::kMeta) {
     const int64_t F = values.size(1) * 2;
     auto sc = sparse_cols.contiguous(), dc = dense_cols.contiguous();
-    check_columns_range(op, {{"sparse_cols", &sc}, {"dense_cols", &dc}}, F);  // CPU and CUDA alike
+    // CPU and CUDA alike, unless the caller vouches for the lists (check_columns=False): then CUDA
+    // skips the check, which would cost a host sync per call in every FFN backward (and break CUDA
+    // graph capture); the CPU, where it is free, checks anyway.
+    if (range_check || B == Backend::kCPU)
+      check_columns_range(op, {{"sparse_cols", &sc}, {"dense_cols", &dc}}, F);
     TransposedSplit24Params p;
     p.values = values.data_ptr();
     p.indices = indices.data_ptr<uint8_t>();

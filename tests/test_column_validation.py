@@ -83,3 +83,19 @@ def test_meta_runs_the_shared_checks_and_computes_shapes():
     tv, ti, dt = ops.sparse24_transposed_split(vv, vi, torch.empty(3, dtype=torch.int64, device="meta"),
                                                torch.empty(2, dtype=torch.int64, device="meta"), "largest_abs")
     assert tv.shape == (3, 4) and ti.shape == (3, 4) and dt.shape == (2, 8)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_split_unchecked_columns_same_result_and_cpu_still_refuses(device):
+    """check_columns=False (relu2_ffn's backward, whose lists are a permutation of range(F)) skips
+    only the CUDA check, which costs a host sync per call; the result is the same bits, and the
+    CPU, where the check is free, still refuses a bad id."""
+    v, i, _ = ops.sparsify24(randn(8, 16, torch.bfloat16, seed=4, device=device), "largest", None, False)
+    sc, dc = torch.tensor([5, 0, 15, 3], device=device), torch.tensor([2, 9], device=device)
+    checked = ops.sparse24_transposed_split(v, i, sc, dc, "largest_abs", True)
+    unchecked = ops.sparse24_transposed_split(v, i, sc, dc, "largest_abs", False)
+    for a, b in zip(checked, unchecked):
+        assert torch.equal(a, b)
+    vc, ic = v.cpu(), i.cpu()
+    with pytest.raises(ValueError, match=re.escape("sp24.sparse24_transposed_split: sparse_cols must lie in [0, 16)")):
+        ops.sparse24_transposed_split(vc, ic, torch.tensor([16]), dc.cpu(), "largest_abs", False)

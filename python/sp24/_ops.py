@@ -136,13 +136,15 @@ OP_NAMES = OP_NAMES + ("sparse24_cslt_compress", "sparse24_cslt_mm", "sparsify24
 
 # ---- issue #4: the FFN backward's feature split, straight from the compressed rows ---------------
 def transposed_split(values: Tensor, indices: Tensor, sparse_cols: Tensor, dense_cols: Tensor,
-                     algo: str = "largest_abs") -> tuple[Tensor, Tensor, Tensor]:
+                     algo: str = "largest_abs", check_columns: bool = True) -> tuple[Tensor, Tensor, Tensor]:
     """For a row-wise 2:4 A (T, F) given as values/indices (T, F/2): (tvalues, tindices), the 2:4
     along the tokens of A[:, sparse_cols].T (Cs, T/2) each, and dense_t = A[:, dense_cols].T (Cd, T),
     without the dense A; bit for bit sparsify24_transposed(to_dense(...), algo, sparse_cols) and
-    to_dense(...)[:, dense_cols].t(). T % 4 == 0; the column lists are 1-D int64, any order."""
+    to_dense(...)[:, dense_cols].t(). T % 4 == 0; the column lists are 1-D int64, any order.
+    check_columns=False skips the range check of the column ids on CUDA (a host sync per call);
+    only for lists that are valid by construction (relu2_ffn's feature split)."""
     _debug_check("sp24.sparse24_transposed_split", indices)
-    return _ops.sparse24_transposed_split(values, indices, sparse_cols, dense_cols, algo)
+    return _ops.sparse24_transposed_split(values, indices, sparse_cols, dense_cols, algo, check_columns)
 
 
 OP_NAMES = OP_NAMES + ("sparse24_transposed_split",)

@@ -241,7 +241,8 @@ class _SparseReLU2FFN(torch.autograd.Function):
 
         if need_w2:  # dW2^T = Y2^T dY3: sparse features 2:4 along the tokens, dense ones dense
             # one pass over the compressed Y2, no dense (Tp, F) copy (issue #4)
-            tv, ti, y2d_t = _ops.sparse24_transposed_split(values, indices, sparse_cols, dense_cols, "largest_abs")
+            tv, ti, y2d_t = _ops.sparse24_transposed_split(values, indices, sparse_cols, dense_cols, "largest_abs",
+                                                           False)  # a permutation of range(F): no sync
             g_sparse = _ops.sparse24_mm(tv, ti, dy3, None, None)               # (Fs, d)
             g_dense = y2d_t @ dy3                                               # (Fd, d)
             # scattered straight into dW2's (d, F) layout: one pass, no (F, d) copy to transpose
@@ -258,7 +259,8 @@ class _SparseReLU2FFN(torch.autograd.Function):
                 db1 = _column_sums(dy1, indices).to(dy1.dtype)                 # padded rows are 0
             if need_w1:  # dW1 = dY1^T X, split like dW2, straight from the compressed dY1
                 X = _pad_rows(x2d if perm is None else x2d.index_select(0, perm), Tp - T)
-                tv, ti, dy1d_t = _ops.sparse24_transposed_split(dy1, indices, sparse_cols, dense_cols, "largest_abs")
+                tv, ti, dy1d_t = _ops.sparse24_transposed_split(dy1, indices, sparse_cols, dense_cols, "largest_abs",
+                                                                 False)  # valid by construction
                 g_sparse = _ops.sparse24_mm(tv, ti, X, None, None)               # (Fs, d)
                 g_dense = dy1d_t @ X                                            # (Fd, d)
                 dw1 = dy1.new_empty(Fh, d).index_copy_(0, sparse_cols, g_sparse).index_copy_(
