@@ -64,9 +64,11 @@ def mm(a: Sp24Tensor, b: Tensor, bias: Optional[Tensor] = None,
         raise TypeError(f"sp24.mm: a must be a sp24.Sp24Tensor (from sp24.sparsify24), got {type(a).__name__}")
     b = _as_tensor("mm", "b", b)
     if (a._gemm_ready() and b.dim() == 2 and b.size(0) == a.shape[1] and b.size(1) % 16 == 0 and b.size(1) > 0
-            and b.dtype == a.dtype and b.device == a.device):
-        # CUDA: reuse the cuSPARSELt buffer the Sp24Tensor holds (compressed once, on first use)
-        return _ops.cslt_mm(a.packed(), a.shape[0], a.shape[1], b, bias, out_dtype, False)
+            and b.dtype == a.dtype and b.device == a.device and out_dtype in (None, a.dtype)):
+        # CUDA: reuse the cuSPARSELt buffer the Sp24Tensor holds (compressed once, on first use,
+        # again after an in-place change), checked against its identity. A float32 out_dtype takes
+        # sparse24_mm, whose dense fallback keeps the contract (cuSPARSELt has no 16-bit -> fp32).
+        return _ops.cslt_mm(a.packed(), a.shape[0], a.shape[1], b, bias, out_dtype, False, a._packed_identity())
     return _ops.mm(a.values(), a.indices(), b, bias, out_dtype)
 
 
