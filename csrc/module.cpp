@@ -4,8 +4,10 @@
 // clash between pip's pybind11 and the copy torch bundles.
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "sp24/cslt_identity.h"
 #include "sp24/cslt_layout.h"
@@ -110,6 +112,21 @@ PYBIND11_MODULE(_C, m) {
     for (int64_t v : w) out.append(v);
     return out;
   }, py::arg("device_type"), py::arg("device_index"), py::arg("m"), py::arg("k"), py::arg("dtype"));
+  // The cuSPARSELt statuses that make sparse24_mm fall back to the dense GEMM (every other one raises).
+  m.def("cslt_fallback_statuses", []() {
+    py::list out;
+#ifdef SP24_WITH_CUDA
+    std::vector<std::string> names;
+    for (int s = 0; s <= 32; ++s) {
+      if (!sp24::cslt::is_unsupported(s)) continue;
+      const char* n = cusparseLtGetErrorName(static_cast<cusparseStatus_t>(s));
+      names.push_back(n ? n : std::to_string(s));
+    }
+    std::sort(names.begin(), names.end());
+    for (const auto& n : names) out.append(n);
+#endif
+    return out;
+  });
   // cuSPARSELt versions (major*1000 + minor*100 + patch): the headers sp24 was compiled against and
   // the library the loader resolved (no GPU needed), and the mismatch message ("" if usable).
   m.def("cslt_versions", []() {
