@@ -408,3 +408,16 @@ print("OK", [str(x.message) for x in w])
     env = dict(os.environ, SP24_CSLT_SEARCH="1")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
+
+
+def test_bench_metadata_records_the_cusparselt_versions():
+    from sp24.bench.common import cusparselt_versions
+
+    v = cusparselt_versions()
+    assert set(v) >= {"loaded", "headers", "torch_reports", "ld_preload"}
+    if CUDA_BUILD:
+        c = _C.cslt_versions()
+        assert v["headers"] == sp24.build_info()["cusparselt_version"]
+        assert v["loaded"] == f"{c['runtime'] // 1000}.{c['runtime'] % 1000 // 100}.{c['runtime'] % 100}"
+    else:
+        assert v["loaded"] is None and v["headers"] is None

@@ -233,6 +233,7 @@ std::unique_ptr<Plan> make_plan(const char* op, cusparseLtHandle_t* h, const Pla
   return p;
 }
 
+// The returned pointer is valid until the next plan_for call on this thread (which may evict).
 Plan* plan_for(const char* op, cusparseLtHandle_t* h, const PlanKey& k) {
   thread_local std::map<PlanKey, std::unique_ptr<Plan>> cache;
   auto it = cache.find(k);
@@ -341,20 +342,21 @@ AlgChoice searched_alg(const char* op, cusparseLtHandle_t* h, const PlanKey& key
   if (c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None) return AlgChoice{};
   AlgChoice chosen;
   try {
-    Plan* def = plan_for(op, h, key);
+    // private plans, not the per-thread cache: a cache eviction in between cannot free them
+    auto def = make_plan(op, h, key);
     if (def->ok) {
       const Synthetic s0 = synthetic_operands(op, key, opts, 0x5eed0);
       const AlgChoice cand = run_search(op, h, key, s0, stream);
       PlanKey ck = key;
       ck.alg = cand;
-      Plan* cp = plan_for(op, h, ck);
+      auto cp = make_plan(op, h, ck);
       TORCH_CHECK(cp->ok, op, ": ", cp->where, " returned ", status_name(cp->why), " for the searched algorithm");
       int agreed = 0;
       for (int t = 0; t < kSearchChecks; ++t) {
         const Synthetic s = t == 0 ? s0 : synthetic_operands(op, key, opts, 0x5eed0 + t);
         at::Tensor ref = at::empty_like(s.out), got = at::empty_like(s.out);
-        run_plan(op, h, def, s.a_buf, s.b, s.c.defined() ? &s.c : nullptr, ref, stream);
-        run_plan(op, h, cp, s.a_buf, s.b, s.c.defined() ? &s.c : nullptr, got, stream);
+        run_plan(op, h, def.get(), s.a_buf, s.b, s.c.defined() ? &s.c : nullptr, ref, stream);
+        run_plan(op, h, cp.get(), s.a_buf, s.b, s.c.defined() ? &s.c : nullptr, got, stream);
         agreed += at::equal(ref, got) ? 1 : 0;
       }
       if (agreed == kSearchChecks) {
@@ -559,13 +561,16 @@ void warn_fallback(const char* op, const std::string& why) {
 }
 
 int runtime_version() {
-  int major = -1, minor = 0, patch = 0;
-  if (cusparseLtGetProperty(MAJOR_VERSION, &major) != CUSPARSE_STATUS_SUCCESS ||
-      cusparseLtGetProperty(MINOR_VERSION, &minor) != CUSPARSE_STATUS_SUCCESS ||
-      cusparseLtGetProperty(PATCH_LEVEL, &patch) != CUSPARSE_STATUS_SUCCESS) {
-    return -1;
-  }
-  return major * 1000 + minor * 100 + patch;
+  static const int v = []() {
+    int major = -1, minor = 0, patch = 0;
+    if (cusparseLtGetProperty(MAJOR_VERSION, &major) != CUSPARSE_STATUS_SUCCESS ||
+        cusparseLtGetProperty(MINOR_VERSION, &minor) != CUSPARSE_STATUS_SUCCESS ||
+        cusparseLtGetProperty(PATCH_LEVEL, &patch) != CUSPARSE_STATUS_SUCCESS) {
+      return -1;
+    }
+    return major * 1000 + minor * 100 + patch;
+  }();
+  return v;  // the loaded library does not change within a process
 }
 
 int header_version() { return SP24_CSLT_MAJOR * 1000 + SP24_CSLT_MINOR * 100 + SP24_CSLT_PATCH; }
