@@ -72,7 +72,8 @@ std::optional<at::Tensor> try_compress(const char* op, const at::Tensor& a, bool
 // `dense` returns its dense matrix (made only when cusparseLtSpMMACompress is called).
 // Direct writer: for 16-bit operands with M % 64 == 0 and K % 32 == 0 on sm_90 the buffer can be written
 // straight from (values, indices) (values copied, metadata by sp24/cslt_layout.h): no dense matrix,
-// no cuSPARSELt compression. That layout is reverse-engineered, so it is used for a (device, dtype,
+// no cuSPARSELt compression (public evidence for the layout covers M % 64 == 0 and K % 64 == 0;
+// expect the check to refuse K % 64 == 32). That layout is reverse-engineered, so it is used for a (device, dtype,
 // M, K, size) key only after the buffer it wrote for the first operand of that key was byte-equal to
 // cuSPARSELt's own; on a mismatch a warning says so and cuSPARSELt keeps compressing that key.
 // SP24_CSLT_DIRECT=0 turns the direct writer off.
