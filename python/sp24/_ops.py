@@ -107,11 +107,29 @@ def cslt_compress(values: Tensor, indices: Tensor) -> Tensor:
 
 
 def cslt_mm(compressed: Tensor, m: int, k: int, b: Tensor, bias: Optional[Tensor] = None,
-            out_dtype: Optional[torch.dtype] = None, transpose_result: bool = False) -> Tensor:
+            out_dtype: Optional[torch.dtype] = None, transpose_result: bool = False,
+            identity: Optional[Tensor] = None) -> Tensor:
     """A @ b (+ bias) with A (m, k) given by `cslt_compress`; (m, N), or (N, m) = (A @ b).T written
     directly when transpose_result (e.g. dW2 = dY3.T @ Y2 from sparse Y2.T (F, T) @ dY3 (T, d)).
-    b may be row-major or column-major (w.t()); N must be a multiple of 16."""
-    return _ops.sparse24_cslt_mm(compressed, m, k, b, bias, out_dtype, transpose_result)
+    b may be row-major or column-major (w.t()); N must be a multiple of 16. out_dtype: None or
+    b.dtype (for float32 use `mm`). identity (from `cslt_identity`, made with the buffer): when
+    given, a buffer of another layout, (m, k), dtype, cuSPARSELt version or GPU is refused."""
+    return _ops.sparse24_cslt_mm(compressed, m, k, b, bias, out_dtype, transpose_result, identity)
+
+
+def cslt_identity(device: torch.device, m: int, k: int, dtype: torch.dtype) -> Tensor:
+    """The identity of a GEMM-ready buffer made on `device` for a 2:4 (m, k) operand of `dtype`:
+    a CPU int64 tensor of 8 words (csrc/sp24/cslt_identity.h: layout kind, m, k, dtype,
+    cuSPARSELt runtime version, GPU architecture). Make it together with the buffer (the buffer's
+    bytes cannot tell these apart) and pass it to `cslt_mm`, which checks it without a GPU sync."""
+    from . import _C
+
+    device = torch.device(device)
+    index = device.index if device.index is not None else (torch.cuda.current_device() if device.type == "cuda" else -1)
+    name = {torch.float16: "float16", torch.bfloat16: "bfloat16"}.get(dtype)
+    if name is None:
+        raise TypeError(f"sp24.cslt_identity: dtype must be torch.float16 or torch.bfloat16, got {dtype}")
+    return torch.tensor(_C.cslt_identity(device.type, index, int(m), int(k), name), dtype=torch.int64)
 
 
 def sparsify24_cslt(x: Tensor, algo: str = "largest", activation: Optional[str] = None,

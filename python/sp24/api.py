@@ -193,10 +193,13 @@ def mm(a: Sp24Tensor, b: Tensor, bias: Optional[Tensor] = None,
         _, act, cols, transposed = a._ste
         out = _autograd._SteMM.apply(src, a._values.detach(), a._indices, b, bias, out_dtype, act, cols, transposed)
     elif (a._gemm_ready() and b.dim() == 2 and b.size(0) == K and b.size(1) % 16 == 0 and b.size(1) > 0
-            and b.dtype == a.dtype and b.device == a.device and not _needs_grad(a._values, b, bias)):
-        # CUDA: reuse the cuSPARSELt buffer the Sp24Tensor holds (compressed once, on first use);
-        # sparse24_cslt_mm has no backward, so only when no gradient is needed
-        out = _ops.cslt_mm(a.packed(), M, K, b, bias, out_dtype, False)
+            and b.dtype == a.dtype and b.device == a.device and out_dtype in (None, a.dtype)
+            and not _needs_grad(a._values, b, bias)):
+        # CUDA: reuse the cuSPARSELt buffer the Sp24Tensor holds (compressed once, on first use,
+        # again after an in-place change), checked against its identity. A float32 out_dtype takes
+        # sparse24_mm, whose dense fallback keeps the contract (cuSPARSELt has no 16-bit -> fp32).
+        # sparse24_cslt_mm has no backward, so only when no gradient is needed.
+        out = _ops.cslt_mm(a.packed(), M, K, b, bias, out_dtype, False, a._packed_identity())
     else:
         out = _ops.mm(a._values, a._indices, b, bias, out_dtype)
     return out if a.dim() == 2 else out.reshape(*a._lead, out.shape[-1])

@@ -53,7 +53,7 @@ class Sp24Tensor:
         tensor([[0., 3., 0., 2.]])
     """
 
-    __slots__ = ("_values", "_indices", "_packed", "_lead", "_ste")
+    __slots__ = ("_values", "_indices", "_packed", "_packed_id", "_packed_versions", "_lead", "_ste")
 
     def __init__(self, values: Tensor, indices: Tensor, packed: Optional[Tensor] = None, *,
                  validate: bool = True):
@@ -87,7 +87,11 @@ class Sp24Tensor:
         self._ste = ste
         # `packed`: the GEMM-ready buffer of exactly these values and indices (e.g. from
         # sparsify24_cslt), else built on first use
-        self._packed: Optional[Tensor] = packed
+        self._packed: Optional[Tensor] = None
+        self._packed_id: Optional[Tensor] = None
+        self._packed_versions = None
+        if packed is not None:
+            self._set_packed(packed)
 
     @classmethod
     def _wrap(cls, values: Tensor, indices: Tensor, lead=None, packed: Optional[Tensor] = None,
@@ -174,10 +178,32 @@ class Sp24Tensor:
 
     def packed(self) -> Tensor:
         """The GEMM-ready buffer (cuSPARSELt's compressed layout on CUDA, `reference.cslt_pack`
-        on CPU), built on first use and kept. fp16/bf16 with both dims multiples of 16 only."""
-        if self._packed is None:
-            self._packed = _ops.cslt_compress(self._values, self._indices)
+        on CPU), built on first use and kept while values and indices are unchanged: an in-place
+        change of either (tracked by their version counters) makes the next call rebuild it.
+        fp16/bf16 with both dims multiples of 16 only."""
+        if self._packed is None or self._packed_versions != self._versions():
+            self._set_packed(_ops.cslt_compress(self._values, self._indices))
         return self._packed
+
+    def _packed_identity(self) -> Tensor:
+        """The identity of `packed()` (`_ops.cslt_identity`), for `cslt_mm(..., identity=...)`."""
+        self.packed()
+        return self._packed_id
+
+    def _versions(self):
+        return (self._values._version, self._indices._version)
+
+    def _set_packed(self, packed: Tensor) -> None:
+        M, K = self._values.shape[0], 2 * self._values.shape[1]
+        if not isinstance(packed, Tensor) or packed.dtype != torch.uint8 or packed.dim() != 1:
+            raise TypeError("sp24.Sp24Tensor: packed must be the 1-D uint8 GEMM-ready buffer of values and indices, "
+                            f"got {packed.dtype if isinstance(packed, Tensor) else type(packed).__name__}")
+        if packed.device != self.device:
+            raise ValueError(f"sp24.Sp24Tensor: packed must be on the values' device ({self.device}), got "
+                             f"{packed.device}; GEMM-ready buffers are device-specific")
+        self._packed = packed
+        self._packed_id = _ops.cslt_identity(packed.device, M, K, self.dtype)
+        self._packed_versions = self._versions()
 
     def _gemm_ready(self) -> bool:
         M, K = self._values.shape[0], 2 * self._values.shape[1]
