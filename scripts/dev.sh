@@ -6,6 +6,9 @@
 #   bash scripts/dev.sh demo [demo args]     # the main job (python -m sp24.demo)
 #   bash scripts/dev.sh check                # python -m sp24: build info + every op vs the oracle
 #   bash scripts/dev.sh build                # only (re)build
+#   bash scripts/dev.sh emu [pytest args]    # the CUDA kernels run on the CPU under ASan + UBSan, bit for
+#                                            # bit against the CPU kernels (scripts/emu.sh; no GPU needed)
+#   bash scripts/dev.sh emu-plant [NAME ...] # plants known bugs in a temp copy; the lane must fail on each
 #
 # Environment:
 #   SP24_VENV   venv folder (default .venv)
@@ -42,5 +45,7 @@ case "$what" in
   test) build; "$PY" -m pytest -q "$@" ;;
   check) build; "$PY" -m sp24 "$@" ;;
   demo) build; "$PY" -m sp24.demo "$@" ;;
-  *) echo "usage: bash scripts/dev.sh {test|demo|check|build} [args]" >&2; exit 2 ;;
+  emu) build; bash scripts/emu.sh "$PY" "$@" ;;
+  emu-plant) build; "$PY" scripts/emu_plant.py "$PY" "$@" ;;
+  *) echo "usage: bash scripts/dev.sh {test|demo|check|build|emu|emu-plant} [args]" >&2; exit 2 ;;
 esac
