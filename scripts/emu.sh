@@ -7,7 +7,8 @@
 #
 # PYTHON must import a built sp24 (the CPU ops are the comparison). The sanitizer runtime is
 # preloaded into that Python (with libstdc++, which ASan's __cxa_throw interceptor needs at start).
-# Any sanitizer report aborts the run; a kernel mismatch fails its test. Environment:
+# Any sanitizer report aborts the run; a kernel mismatch fails its test. (--capture=sys: a report
+# goes to the real stderr, not into pytest's capture file, which an abort would lose.) Environment:
 #   SP24_EMU_CXX    compiler (default g++)
 #   SP24_EMU_ORDER  pin the thread order inside a block: forward | reverse | shuffle (default: rotate)
 #   SP24_EMU_SRC    folder holding csrc/ (default: this checkout; scripts/emu_plant.sh builds a copy)
@@ -46,5 +47,5 @@ LD_PRELOAD="$asan $stdcxx" \
 ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1" \
 UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
 SP24_EMU_LIB="$PWD/$lib" \
-  "$PY" -m pytest -q -rfE -p no:cacheprovider tests/emu "$@"
+  "$PY" -m pytest -q -rfE --capture=sys -p no:cacheprovider tests/emu "$@"
 echo "emulation lane done in $(( $(date +%s) - t0 )) s"

@@ -42,6 +42,12 @@ PLANTS = {
         "for (int k = 0; k < kTT * kTC / kTThreads; ++k) tile[tid / kTC + k * (kTThreads / kTC)][j] = buf[k];\n  }",
         "test_sparsify24_transposed",
     ),
+    "missing-syncthreads-counts": (
+        "sparsify24 rows: no barrier between the per-thread counts in shared memory and their reduction",
+        "s_counts[ty][tx * kRowElems + e] = cnt[e];\n  __syncthreads();",
+        "s_counts[ty][tx * kRowElems + e] = cnt[e];",
+        "test_sparsify24_rows",
+    ),
     "partial-tile-off-by-one": (
         "sparsify24 rows: the last column tile takes a second group when only one is left (>= -> >)",
         "(c0 + 4 >= p.K ? 1 : 2)",

@@ -89,13 +89,14 @@ def make_data(kind: str, M: int, K: int, dtype, seed: int) -> torch.Tensor:
 
 def place(x: torch.Tensor, layout: str) -> torch.Tensor:
     """x (M, K) copied into a view: "contig"; "odd" (offset 1 element, row stride K + 3); "pitched"
-    (16-byte aligned offset and row stride K + 16 bytes). The buffer ends where the view ends, so an
+    (16-byte aligned offset and row stride K + 16 bytes); "shifted" (offset 1 element, row stride
+    K + 16 bytes: aligned pitch, misaligned base). The buffer ends where the view ends, so an
     over-read runs into ASan's redzone; gaps hold GAP_BITS."""
     M, K = x.shape
     if layout == "contig":
         return x.clone()
     es = x.element_size()
-    off, stride = (1, K + 3) if layout == "odd" else (16 // es, K + 16 // es)
+    off, stride = {"odd": (1, K + 3), "pitched": (16 // es, K + 16 // es), "shifted": (1, K + 16 // es)}[layout]
     n = off + (M - 1) * stride + K
     buf = torch.empty(n, dtype=x.dtype)
     buf.view(INT[x.dtype]).fill_(_signed(GAP_BITS[x.dtype], 32 if x.dtype == torch.float32 else 16))
@@ -237,7 +238,7 @@ def test_sanitizers_are_live():
 
 
 # ---- sparsify24 (row kernel: both paths, relu2, counts) ------------------------------------
-@pytest.mark.parametrize("layout", ["contig", "odd", "pitched"])
+@pytest.mark.parametrize("layout", ["contig", "odd", "pitched", "shifted"])
 @pytest.mark.parametrize("K", KS)
 @pytest.mark.parametrize("M", MS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -249,7 +250,7 @@ def test_sparsify24_rows(dtype, M, K, layout):
         with_counts = variant == 0 or s % 2 == 0
         kind = DATA[(s + variant) % 3]
         x = place(make_data(kind, M, K, dtype, s + variant), layout)
-        assert emu.vectorised(x) == (layout != "odd" and K % 8 == 0), (layout, K)
+        assert emu.vectorised(x) == (layout in ("contig", "pitched") and K % 8 == 0), (layout, K)
         what = f"sparsify24 {dtype} ({M}, {K}) {layout} {kind} algo={algo} relu2={relu2} counts={with_counts}"
         v, i, c, _ = emu.sparsify24(x, algo, relu2, with_counts)
         act = "relu2" if relu2 else None
@@ -307,9 +308,9 @@ COLUMN_MODES = ["all", "perm", "reversed", "dups", "subset"]
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_sparsify24_transposed(dtype, T, N):
     s = seed_of("t", dtype, T, N)
-    for variant in range(3):
+    for variant in range(4):
         g = torch.Generator().manual_seed(s + variant)
-        layout = ["contig", "odd", "pitched"][(s + variant) % 3]
+        layout = ["contig", "odd", "pitched", "shifted"][(s + variant) % 4]
         mode = COLUMN_MODES[(s + variant) % 5]
         kind, algo = DATA[(s // 3 + variant) % 3], ALGOS[(s + variant) % 2]
         x = place(make_data(kind, N, T, dtype, s + variant).t().contiguous(), layout)  # (T, N)
