@@ -192,6 +192,20 @@ int sp24emu_selftest_misaligned(const unsigned char* base16, unsigned* out) {
   return 0;
 }
 
+// The emulated conversions, element-wise over n values (tests compare them with torch's).
+void sp24emu_f32_to_f16(const float* in, uint16_t* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = __float2half_rn(in[i]).__x;
+}
+void sp24emu_f32_to_bf16(const float* in, uint16_t* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = __float2bfloat16_rn(in[i]).__x;
+}
+void sp24emu_f16_to_f32(const uint16_t* in, float* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = __half2float(__half{in[i]});
+}
+void sp24emu_bf16_to_f32(const uint16_t* in, float* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = __bfloat162float(__nv_bfloat16{in[i]});
+}
+
 // Emulator counters: launches, blocks, threads, barrier releases, warp-shuffle releases, OS threads
 // of the pool, launches refused for their configuration.
 void sp24emu_stats(int64_t* out7) {

@@ -217,6 +217,52 @@ def test_barrier_and_shuffle(order, threads):
     assert torch.equal(out.view(3, threads), want.to(torch.int32).expand(3, -1))
 
 
+def _conversion_inputs() -> torch.Tensor:
+    """fp32 bit patterns around every fp16/bf16 rounding boundary: all exponents, mantissas with the
+    dropped bits at 0, just below / at / just above the halfway point, random ones, both signs."""
+    g = torch.Generator().manual_seed(1234)
+    exp = torch.arange(256, dtype=torch.int64).repeat_interleave(64)
+    hi = torch.randint(0, 1 << 10, (exp.numel(),), generator=g)
+    low13 = torch.tensor([0, 1, 0xFFF, 0x1000, 0x1001, 0x1FFF]).repeat(exp.numel() // 6 + 1)[: exp.numel()]
+    low16 = torch.tensor([0, 1, 0x7FFF, 0x8000, 0x8001, 0xFFFF]).repeat(exp.numel() // 6 + 1)[: exp.numel()]
+    rnd = torch.randint(0, 1 << 23, (exp.numel(),), generator=g)
+    mant = torch.cat([(hi << 13) | low13, ((hi >> 3) << 16) | low16, rnd]) & 0x7FFFFF
+    bits = (exp.repeat(3) << 23) | mant
+    bits = torch.cat([bits, bits | (1 << 31)])
+    return torch.where(bits >= 1 << 31, bits - (1 << 32), bits).to(torch.int32).view(torch.float32)
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+def test_conversions_round_to_nearest_even(dtype):
+    """__float2half_rn / __float2bfloat16_rn against torch's RNE conversion on every non-NaN input
+    near a rounding boundary (subnormals, overflow to Inf, ties); every NaN -> 0x7FFF. The widening
+    conversions against torch's on all 65536 16-bit patterns."""
+    import ctypes
+    x = _conversion_inputs()
+    out = torch.empty(x.numel(), dtype=torch.int16)
+    f = emu.lib().sp24emu_f32_to_f16 if dtype == torch.float16 else emu.lib().sp24emu_f32_to_bf16
+    f(emu._p(x), emu._p(out), ctypes.c_int64(x.numel()))
+    nan = x.isnan()
+    want = x.to(dtype).view(torch.int16)
+    bad = (out != want) & ~nan
+    assert not bool(bad.any()), f"{int(bad.sum())} conversions differ: {_first(bad, out, want)}"
+    assert bool((out[nan] == 0x7FFF).all()), "a NaN must convert to 0x7FFF"
+    h = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16)
+    wide = torch.empty(h.numel(), dtype=torch.float32)
+    f = emu.lib().sp24emu_f16_to_f32 if dtype == torch.float16 else emu.lib().sp24emu_bf16_to_f32
+    f(emu._p(h), emu._p(wide), ctypes.c_int64(h.numel()))
+    want = h.view(dtype).float()
+    nan = want.isnan()
+    bad = (wide.view(torch.int32) != want.view(torch.int32)) & ~nan
+    assert not bool(bad.any()), f"{int(bad.sum())} widenings differ: {_first(bad, wide, want)}"
+    assert bool(wide[nan].isnan().all())
+    if dtype == torch.float16:  # cuda_fp16.hpp: a NaN widens to 0x7FFFFFFF
+        assert bool((wide.view(torch.int32)[nan] == 0x7FFFFFFF).all())
+    else:  # bf16 widening is a shift: payload and sign kept
+        assert torch.equal(wide.view(torch.int32)[nan] >> 16, h[nan].to(torch.int32))
+    done()
+
+
 def _run_aborting(code: str) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
