@@ -37,9 +37,8 @@ PLANTS = {
     ),
     "missing-syncthreads": (
         "sparsify24_transposed: no barrier between filling the shared tile and reading it",
-        "for (int k = 0; k < kTT * kTC / kTThreads; ++k) tile[tid / kTC + k * (kTThreads / kTC)][j] = buf[k];\n"
-        "  }\n  __syncthreads();",
-        "for (int k = 0; k < kTT * kTC / kTThreads; ++k) tile[tid / kTC + k * (kTThreads / kTC)][j] = buf[k];\n  }",
+        "  __syncthreads();\n\n  // Compute + store: thread = one x column",
+        "\n\n  // Compute + store: thread = one x column",
         "test_sparsify24_transposed",
     ),
     "missing-syncthreads-counts": (
