@@ -6,6 +6,9 @@
 #   bash scripts/dev.sh demo [demo args]     # the main job (python -m sp24.demo)
 #   bash scripts/dev.sh check                # python -m sp24: build info + every op vs the oracle
 #   bash scripts/dev.sh build                # only (re)build
+#   bash scripts/dev.sh emu [pytest args]    # the CUDA kernels run on the CPU under ASan + UBSan, bit for
+#                                            # bit against the CPU kernels (scripts/emu.sh; no GPU needed)
+#   bash scripts/dev.sh emu-plant [NAME ...] # plants known bugs in a temp copy; the lane must fail on each
 #
 # Environment:
 #   SP24_VENV   venv folder (default .venv)
@@ -19,8 +22,8 @@ VENV=${SP24_VENV:-.venv}
 TORCH_REQ=${SP24_TORCH:-torch==2.13.0}
 what=${1:-test}
 shift || true
-case "$what" in test|demo|check|build) ;; *)
-  echo "usage: bash scripts/dev.sh {test|demo|check|build} [args]" >&2; exit 2 ;;
+case "$what" in test|demo|check|build|emu|emu-plant) ;; *)
+  echo "usage: bash scripts/dev.sh {test|demo|check|build|emu|emu-plant} [args]" >&2; exit 2 ;;
 esac
 
 # One line per stage on stderr, with the time since the start: the first run spends minutes in
@@ -60,4 +63,6 @@ case "$what" in
   test) build; stage "run: python -m pytest -q $*"; "$PY" -m pytest -q "$@" ;;
   check) build; stage "run: python -m sp24 $*"; "$PY" -m sp24 "$@" ;;
   demo) build; stage "run: python -m sp24.demo $*"; "$PY" -m sp24.demo "$@" ;;
+  emu) build; stage "run: bash scripts/emu.sh"; bash scripts/emu.sh "$PY" "$@" ;;
+  emu-plant) build; stage "run: scripts/emu_plant.py"; "$PY" scripts/emu_plant.py "$PY" "$@" ;;
 esac

@@ -32,6 +32,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "cuda/launch.cuh"
 #include "sp24/cslt_layout.h"
 #include "sp24/grid.h"
 #include "sp24/params.h"
@@ -595,9 +596,9 @@ void sparsify24_cuda(const Sparsify24Params& p, void* stream) {
     const dim3 block(kRowTx, kRowTy);
     const dim3 grid = launch_grid(sparsify24_grid(p.M, p.K), "sp24.sparsify24", p.M, p.K);
     if (vec) {
-      sparsify24_rows_kernel<T, true><<<grid, block, 0, s>>>(p);
+      launch_kernel(sparsify24_rows_kernel<T, true>, grid, block, 0, s, p);
     } else {
-      sparsify24_rows_kernel<T, false><<<grid, block, 0, s>>>(p);
+      launch_kernel(sparsify24_rows_kernel<T, false>, grid, block, 0, s, p);
     }
   });
   check_launch("sparsify24");
@@ -608,7 +609,7 @@ namespace {
 void launch_inverse_columns(const int64_t* columns, int64_t C, int64_t N, int32_t* inv, cudaStream_t s,
                             const char* what) {
   if (C == 0) return;  // a launch of 0 blocks is an error
-  inverse_columns_kernel<<<blocks_for(C), kThreads, 0, s>>>(columns, C, N, inv);
+  launch_kernel(inverse_columns_kernel, blocks_for(C), kThreads, 0, s, columns, C, N, inv);
   check_launch(what);
 }
 }  // namespace
@@ -628,10 +629,10 @@ void sparsify24_transposed_cuda(const Sparsify24TransposedParams& p, void* strea
     const bool vec_load = p.N % E == 0 && aligned16(p.x) && (p.x_row_stride * static_cast<int64_t>(sizeof(T))) % 16 == 0;
     const bool vec_store = (p.T / 2 * static_cast<int64_t>(sizeof(T))) % 16 == 0 && (p.T / 2) % 8 == 0;
     const dim3 grid = launch_grid(transposed_grid(p.T, p.N), "sp24.sparsify24_transposed", p.T, p.N);
-    sparsify24_transposed_kernel<T><<<grid, kTThreads, 0, s>>>(p, inv, vec_load, vec_store);
+    launch_kernel(sparsify24_transposed_kernel<T>, grid, kTThreads, 0, s, p, inv, vec_load, vec_store);
     check_launch("sparsify24_transposed");
     if (p.columns) {
-      duplicate_rows_kernel<T><<<static_cast<unsigned>(p.C), 128, 0, s>>>(
+      launch_kernel(duplicate_rows_kernel<T>, static_cast<unsigned>(p.C), 128, 0, s,
           p.columns, p.N, inv, static_cast<T*>(p.values), p.indices, p.T / 2);
       check_launch("sparsify24_transposed (duplicate columns)");
     }
@@ -654,15 +655,15 @@ void transposed_split24_cuda(const TransposedSplit24Params& p, void* stream) {
                            aligned16(p.tvalues) && (reinterpret_cast<uintptr_t>(p.tindices) & 7u) == 0;
     const bool vec_dense = (p.T * static_cast<int64_t>(sizeof(T))) % 16 == 0 && aligned16(p.dense_t);
     const dim3 grid = launch_grid(transposed_grid(p.T, p.F), "sp24.sparse24_transposed_split", p.T, p.F);
-    transposed_split_kernel<T><<<grid, kTThreads, 0, s>>>(p, inv_s, inv_d, pair_load, vec_store, vec_dense);
+    launch_kernel(transposed_split_kernel<T>, grid, kTThreads, 0, s, p, inv_s, inv_d, pair_load, vec_store, vec_dense);
     check_launch("sparse24_transposed_split");
     if (p.Cs > 0) {
-      duplicate_rows_kernel<T><<<static_cast<unsigned>(p.Cs), 128, 0, s>>>(
+      launch_kernel(duplicate_rows_kernel<T>, static_cast<unsigned>(p.Cs), 128, 0, s,
           p.sparse_cols, p.F, inv_s, static_cast<T*>(p.tvalues), p.tindices, p.T / 2);
       check_launch("sparse24_transposed_split (duplicate sparse columns)");
     }
     if (p.Cd > 0) {
-      duplicate_rows_kernel<T><<<static_cast<unsigned>(p.Cd), 128, 0, s>>>(
+      launch_kernel(duplicate_rows_kernel<T>, static_cast<unsigned>(p.Cd), 128, 0, s,
           p.dense_cols, p.F, inv_d, static_cast<T*>(p.dense_t), nullptr, p.T);
       check_launch("sparse24_transposed_split (duplicate dense columns)");
     }
@@ -671,14 +672,14 @@ void transposed_split24_cuda(const TransposedSplit24Params& p, void* stream) {
 
 void apply24_cuda(const Apply24Params& p, void* stream) {
   dispatch_dtype(p.dtype, [&](auto t) {
-    apply24_kernel<decltype(t)><<<blocks_for(p.M * (p.K / 4)), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(p);
+    launch_kernel(apply24_kernel<decltype(t)>, blocks_for(p.M * (p.K / 4)), kThreads, 0, static_cast<cudaStream_t>(stream), p);
   });
   check_launch("sparse24_apply");
 }
 
 void to_dense24_cuda(const ToDense24Params& p, void* stream) {
   dispatch_dtype(p.dtype, [&](auto t) {
-    to_dense24_kernel<decltype(t)><<<blocks_for(p.M * (p.K / 4)), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(p);
+    launch_kernel(to_dense24_kernel<decltype(t)>, blocks_for(p.M * (p.K / 4)), kThreads, 0, static_cast<cudaStream_t>(stream), p);
   });
   check_launch("sparse24_to_dense");
 }
@@ -693,7 +694,7 @@ __global__ void __launch_bounds__(kThreads) cslt_meta24_kernel(const uint8_t* __
 void cslt_meta24_cuda(const uint8_t* indices, uint8_t* meta, int64_t M, int64_t K, void* stream) {
   const int64_t n = M * K / 8;
   if (n == 0) return;
-  cslt_meta24_kernel<<<blocks_for(n), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(indices, meta, K, n);
+  launch_kernel(cslt_meta24_kernel, blocks_for(n), kThreads, 0, static_cast<cudaStream_t>(stream), indices, meta, K, n);
   check_launch("sparse24_cslt_compress (metadata)");
 }
 
