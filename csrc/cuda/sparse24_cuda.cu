@@ -609,6 +609,8 @@ namespace {
 void launch_inverse_columns(const int64_t* columns, int64_t C, int64_t N, int32_t* inv, cudaStream_t s,
                             const char* what) {
   if (C == 0) return;  // a launch of 0 blocks is an error
+  // the clamp into [0, N) needs N > 0; the glue refuses ids over an empty axis on every path
+  if (N <= 0) throw std::runtime_error(std::string("sp24: internal error: ") + what + ": column ids over an empty axis");
   launch_kernel(inverse_columns_kernel, blocks_for(C), kThreads, 0, s, columns, C, N, inv);
   check_launch(what);
 }
