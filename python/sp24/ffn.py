@@ -288,9 +288,9 @@ def n_dense_features(F: int, dense_fraction: float) -> int:
 
 
 def _autocast_dtype(x) -> Optional[torch.dtype]:
-    # is_autocast_enabled raises for device types without autocast (meta: issue #11)
-    if (isinstance(x, Tensor) and torch.amp.is_autocast_available(x.device.type)
-            and torch.is_autocast_enabled(x.device.type)):
+    # is_autocast_enabled raises for device types without autocast (meta: issue #11). Not
+    # torch.amp.is_autocast_available: torch 2.11's dynamo cannot trace it (fullgraph compile breaks)
+    if isinstance(x, Tensor) and x.device.type != "meta" and torch.is_autocast_enabled(x.device.type):
         return torch.get_autocast_dtype(x.device.type)
     return None
 
