@@ -1,10 +1,15 @@
-// CPU kernels: correct, deterministic, not fast. They define what the CUDA kernels must match bit
-// for bit (the tests compare both against sp24.reference).
+// CPU kernels: correct and deterministic; they define what the CUDA kernels must match bit for bit
+// (the tests compare both against sp24.reference). Fast enough for CPU training studies (issue #13):
+// a branch-free selection for NaN-free groups (the generic rule of sp24/select.h otherwise), and the
+// token-direction kernels work on tiles of kTokTile tokens held column-major in a per-thread buffer,
+// so every read and write streams instead of striding across rows.
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <vector>
 
 #include "sp24/params.h"
@@ -24,11 +29,32 @@ void dispatch_dtype(DType d, F&& f) {
 
 constexpr int64_t kGrain = 64;
 
+// Tokens per tile of the token-direction kernels (a multiple of 4): a tile of 32 tokens x F features
+// is 256 KiB of fp32 at F = 2048, and each output row then receives one 64-byte line per tile.
+constexpr int64_t kTokTile = 32;
+
+// select_2of4 (sp24/select.h), with the common NaN-free case branch-free: position i is kept iff fewer
+// than two positions rank above it, where j ranks above i iff k[j] > k[i], or k[j] == k[i] and j < i.
+inline uint32_t select_mask(float a0, float a1, float a2, float a3, int algo) {
+  if (is_nan(a0) || is_nan(a1) || is_nan(a2) || is_nan(a3)) return select_2of4(a0, a1, a2, a3, algo);
+  if (algo == kLargestAbs) {
+    a0 = a0 < 0.f ? -a0 : a0;
+    a1 = a1 < 0.f ? -a1 : a1;
+    a2 = a2 < 0.f ? -a2 : a2;
+    a3 = a3 < 0.f ? -a3 : a3;
+  }
+  const int r0 = (a1 > a0) + (a2 > a0) + (a3 > a0);
+  const int r1 = (a0 >= a1) + (a2 > a1) + (a3 > a1);
+  const int r2 = (a0 >= a2) + (a1 >= a2) + (a3 > a2);
+  const int r3 = (a0 >= a3) + (a1 >= a3) + (a2 >= a3);
+  return (r0 < 2 ? 1u : 0u) | (r1 < 2 ? 2u : 0u) | (r2 < 2 ? 4u : 0u) | (r3 < 2 ? 8u : 0u);
+}
+
 // Select the kept pair of one group of 4 (as stored in T) and write its values and indices.
 template <typename T>
 inline void select_and_store(const T (&a)[4], int algo, T* v, uint8_t* idx) {
   uint8_t lo, hi;
-  mask_to_indices(select_2of4(static_cast<float>(a[0]), static_cast<float>(a[1]), static_cast<float>(a[2]),
+  mask_to_indices(select_mask(static_cast<float>(a[0]), static_cast<float>(a[1]), static_cast<float>(a[2]),
                               static_cast<float>(a[3]), algo),
                   lo, hi);
   v[0] = a[lo];
@@ -61,7 +87,7 @@ void sparsify24_rows(const Sparsify24Params& p) {
         for (int i = 0; i < 4; ++i) {
           a[i] = xr[4 * g + i];
           if (p.relu2) a[i] = static_cast<T>(relu2(static_cast<float>(a[i])));  // ranked as stored
-          if (cnt && static_cast<float>(a[i]) != 0.f) cnt[4 * g + i] += 1;    // NaN != 0: non-zero
+          if (cnt) cnt[4 * g + i] += static_cast<float>(a[i]) != 0.f;         // NaN != 0: non-zero
         }
         select_and_store(a, p.algo, vr + 2 * g, ir + 2 * g);
       }
@@ -78,16 +104,20 @@ template <typename T>
 void sparsify24_transposed_rows(const Sparsify24TransposedParams& p) {
   const T* x = static_cast<const T*>(p.x);
   T* values = static_cast<T*>(p.values);
-  const int64_t G = p.T / 4;
-  at::parallel_for(0, p.C, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      const int64_t col = p.columns ? p.columns[c] : c;
-      T* vr = values + c * (p.T / 2);
-      uint8_t* ir = p.indices + c * (p.T / 2);
-      for (int64_t g = 0; g < G; ++g) {
-        T a[4];
-        for (int i = 0; i < 4; ++i) a[i] = x[(4 * g + i) * p.x_row_stride + col];
-        select_and_store(a, p.algo, vr + 2 * g, ir + 2 * g);
+  // Tiles of kTokTile tokens: output row c gets a contiguous run per tile, and the tile's input rows
+  // stay in cache while its columns are read.
+  at::parallel_for(0, (p.T + kTokTile - 1) / kTokTile, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t t0 = b * kTokTile, t1 = std::min(p.T, t0 + kTokTile);
+      for (int64_t c = 0; c < p.C; ++c) {
+        const T* xc = x + (p.columns ? p.columns[c] : c);
+        T* vr = values + c * (p.T / 2);
+        uint8_t* ir = p.indices + c * (p.T / 2);
+        for (int64_t t = t0; t < t1; t += 4) {
+          const T a[4] = {xc[t * p.x_row_stride], xc[(t + 1) * p.x_row_stride], xc[(t + 2) * p.x_row_stride],
+                          xc[(t + 3) * p.x_row_stride]};
+          select_and_store(a, p.algo, vr + t / 2, ir + t / 2);
+        }
       }
     }
   });
@@ -130,40 +160,38 @@ void to_dense24_rows(const ToDense24Params& p) {
   });
 }
 
-// Element (t, col) of the dense form of a row-wise 2:4 matrix with H = K/2 compressed columns, as
-// sparse24_to_dense writes it: +0.0 at a dropped position; `& 3` as there, and the second index of
-// a pair wins if a corrupted pair repeats a position (to_dense writes it last).
-template <typename T>
-inline T dense_at(const T* values, const uint8_t* indices, int64_t H, int64_t t, int64_t col) {
-  const int64_t h = t * H + 2 * (col / 4);
-  const int pos = static_cast<int>(col & 3);
-  if ((indices[h + 1] & 3) == pos) return values[h + 1];
-  if ((indices[h] & 3) == pos) return values[h];
-  return T(0.f);
-}
-
 template <typename T>
 void transposed_split_rows(const TransposedSplit24Params& p) {
   const T* values = static_cast<const T*>(p.values);
   T* tvalues = static_cast<T*>(p.tvalues);
   T* dense_t = static_cast<T*>(p.dense_t);
-  const int64_t H = p.F / 2, G = p.T / 4;
-  // Output rows 0..Cs-1: the token-direction 2:4 of sparse_cols; Cs..Cs+Cd-1: dense_cols.
-  at::parallel_for(0, p.Cs + p.Cd, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      if (c >= p.Cs) {
-        const int64_t col = p.dense_cols[c - p.Cs];
-        T* o = dense_t + (c - p.Cs) * p.T;
-        for (int64_t t = 0; t < p.T; ++t) o[t] = dense_at(values, p.indices, H, t, col);
-        continue;
+  const int64_t H = p.F / 2;
+  // Output rows 0..Cs-1: the token-direction 2:4 of sparse_cols; 0..Cd-1 of dense_t: dense_cols.
+  // Per tile of kTokTile tokens, the dense form of its rows is written column-major into a
+  // per-thread buffer (+0.0 at a dropped position; `& 3` as in to_dense, and the second index of a
+  // pair wins if a corrupted pair repeats a position, as to_dense writes it last), then every output
+  // row reads its column as one contiguous run.
+  at::parallel_for(0, (p.T + kTokTile - 1) / kTokTile, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<T> buf(static_cast<size_t>(p.F) * kTokTile);
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t t0 = b * kTokTile, n = std::min(p.T, t0 + kTokTile) - t0;
+      std::fill(buf.begin(), buf.end(), T(0.f));
+      for (int64_t t = 0; t < n; ++t) {
+        const T* vr = values + (t0 + t) * H;
+        const uint8_t* ir = p.indices + (t0 + t) * H;
+        for (int64_t h = 0; h < H; ++h) buf[(4 * (h / 2) + (ir[h] & 3)) * kTokTile + t] = vr[h];
       }
-      const int64_t col = p.sparse_cols[c];
-      T* vr = tvalues + c * (p.T / 2);
-      uint8_t* ir = p.tindices + c * (p.T / 2);
-      for (int64_t g = 0; g < G; ++g) {
-        T a[4];
-        for (int i = 0; i < 4; ++i) a[i] = dense_at(values, p.indices, H, 4 * g + i, col);
-        select_and_store(a, p.algo, vr + 2 * g, ir + 2 * g);
+      for (int64_t c = 0; c < p.Cs; ++c) {
+        const T* col = buf.data() + p.sparse_cols[c] * kTokTile;
+        T* vr = tvalues + c * (p.T / 2) + t0 / 2;
+        uint8_t* ir = p.tindices + c * (p.T / 2) + t0 / 2;
+        for (int64_t t = 0; t < n; t += 4) {
+          const T a[4] = {col[t], col[t + 1], col[t + 2], col[t + 3]};
+          select_and_store(a, p.algo, vr + t / 2, ir + t / 2);
+        }
+      }
+      for (int64_t c = 0; c < p.Cd; ++c) {
+        std::memcpy(dense_t + c * p.T + t0, buf.data() + p.dense_cols[c] * kTokTile, n * sizeof(T));
       }
     }
   });

@@ -114,6 +114,12 @@ def pack_indices(indices: Tensor) -> Tensor:
     M, H = indices.shape
     if H % 4:
         raise ValueError(f"sp24.pack_indices: indices.size(1) (K/2) must be a multiple of 4, got {H}")
+    if indices.device.type == "cpu" and not torch.compiler.is_compiling() and indices.storage_offset() % 4 == 0:
+        # CPU: the 4 bytes of a packed byte read as one little-endian int32 (byte s at bit 8s), so
+        # shifting byte s down by 6s lands its 2 bits at bit 2s: 4 int32 ops over a quarter of the
+        # elements instead of 7 uint8 ops over strided views (measured 10x faster, issue #13)
+        v = indices.contiguous().view(torch.int32)
+        return ((v | (v >> 6) | (v >> 12) | (v >> 18)) & 0xFF).to(torch.uint8)
     i = indices.reshape(M, H // 4, 4)
     return i[..., 0] | (i[..., 1] << 2) | (i[..., 2] << 4) | (i[..., 3] << 6)
 
@@ -121,4 +127,9 @@ def pack_indices(indices: Tensor) -> Tensor:
 def unpack_indices(packed: Tensor) -> Tensor:
     """Inverse of pack_indices: (M, K/8) uint8 -> (M, K/2) uint8 indices."""
     M, B = packed.shape
+    if packed.device.type == "cpu" and not torch.compiler.is_compiling():
+        # the inverse of pack_indices' int32 trick: field s (bits 2s..2s+1) moved up to byte s
+        v = packed.to(torch.int32)
+        v = (v | (v << 6) | (v << 12) | (v << 18)) & 0x03030303
+        return v.view(torch.uint8).reshape(M, 4 * B)
     return torch.stack([packed & 3, (packed >> 2) & 3, (packed >> 4) & 3, packed >> 6], dim=-1).reshape(M, 4 * B)
