@@ -27,7 +27,7 @@ using namespace sp24bench;
 static const char* kUsage =
     "bench_gemm [--shapes d:F,...] [--tokens T,...] [--dtype bf16|fp16] [--reps N] [--warmup N]\n"
     "           [--search 0|1] [--out FILE|-]\n"
-    "  default shapes: 4096:21504 (Llama-3-8B-like), 8192:43008 (70B-like), 4096:16384 (DESIGN)\n"
+    "  default shapes: 4096:21504 (Llama-3-8B-like), 8192:43008 (70B-like), 4096:16384 (docs/DESIGN.md)\n"
     "  default tokens: 128,256,...,65536";
 
 struct Shape {

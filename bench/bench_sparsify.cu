@@ -3,7 +3,7 @@
 // device-to-device copy of x (the bandwidth limit; what x.clone() does).
 //
 // One JSON line per kernel: median/p10/p90 us (CUDA events, L2 flushed before each run), bytes
-// moved, GB/s and the ratio to the copy. DESIGN targets: relu2 + sparsify24 <= 1.2x copy,
+// moved, GB/s and the ratio to the copy. Targets (docs/DESIGN.md): relu2 + sparsify24 <= 1.2x copy,
 // sparsify-transpose with the 95/5 feature split <= 1.5x copy (H100, bf16, 16384 x 16384).
 #include <numeric>
 #include <random>

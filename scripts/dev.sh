@@ -19,28 +19,42 @@ VENV=${SP24_VENV:-.venv}
 TORCH_REQ=${SP24_TORCH:-torch==2.13.0}
 what=${1:-test}
 shift || true
+case "$what" in test|demo|check|build) ;; *)
+  echo "usage: bash scripts/dev.sh {test|demo|check|build} [args]" >&2; exit 2 ;;
+esac
+
+# One line per stage on stderr, with the time since the start: the first run spends minutes in
+# pip and the compiler, and should say so rather than sit silent.
+t0=$(date +%s)
+stage() { local s=$(( $(date +%s) - t0 )); printf '[sp24 %d:%02d] %s\n' $((s / 60)) $((s % 60)) "$*" >&2; }
 
 if [ ! -x "$VENV/bin/python" ]; then
+  stage "venv: creating $VENV (python3 -m venv)"
   python3 -m venv "$VENV"
+else
+  stage "venv: using $VENV"
 fi
 PY="$VENV/bin/python"
 stamp="$VENV/.sp24-deps"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$TORCH_REQ" ]; then
+  stage "deps: installing $TORCH_REQ and the build/test tools into $VENV (first time only; about a minute for the CPU torch)"
   "$PY" -m pip install -q --disable-pip-version-check "$TORCH_REQ" numpy pytest hypothesis expecttest \
     scikit-build-core pybind11 cmake ninja matplotlib tqdm
   echo "$TORCH_REQ" > "$stamp"
+else
+  stage "deps: $TORCH_REQ and the tools already installed in $VENV"
 fi
 
 build() {
+  stage "build: compiling sp24 against $("$PY" -c 'import torch; print("torch", torch.__version__)') (CMake + C++; first time 30-60 s on 2 cores, then incremental)"
   # one CMake build folder per venv: a CPU-torch and a CUDA-torch build must not share a cache
   SKBUILD_BUILD_DIR="build/$(basename "$VENV")" "$PY" -m pip install -q --disable-pip-version-check \
     --no-build-isolation --no-deps -e .
 }
 
 case "$what" in
-  build) build ;;
-  test) build; "$PY" -m pytest -q "$@" ;;
-  check) build; "$PY" -m sp24 "$@" ;;
-  demo) build; "$PY" -m sp24.demo "$@" ;;
-  *) echo "usage: bash scripts/dev.sh {test|demo|check|build} [args]" >&2; exit 2 ;;
+  build) build; stage "build: done" ;;
+  test) build; stage "run: python -m pytest -q $*"; "$PY" -m pytest -q "$@" ;;
+  check) build; stage "run: python -m sp24 $*"; "$PY" -m sp24 "$@" ;;
+  demo) build; stage "run: python -m sp24.demo $*"; "$PY" -m sp24.demo "$@" ;;
 esac

@@ -224,7 +224,7 @@ def test_bad_options_are_clear(tmp_path):
 def test_report_renders_status_table(tmp_path):
     res = tmp_path / "results"
     gemm = run_cmd(res, "gemm")
-    # A non-tiny document at the DESIGN shape, built from the real one (numbers chosen by the test).
+    # A non-tiny document at the main shape of docs/DESIGN.md ('Targets'), built from the real one (numbers chosen by the test).
     design = copy.deepcopy(gemm)
     design["meta"]["tiny"] = False
     design["meta"]["gpu"] = "Test GPU"

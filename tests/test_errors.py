@@ -1,4 +1,4 @@
-"""Every bad input of DESIGN section 5 raises a Python-visible error that names the op, the rule and
+"""Every bad input of docs/DESIGN.md ('Bad input and failure') raises a Python-visible error that names the op, the rule and
 the actual value (the exact texts are part of the contract)."""
 
 import re

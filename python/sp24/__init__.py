@@ -1,7 +1,23 @@
 """sp24: 2:4 activation sparsity for Squared-ReLU transformer FFNs.
 
-Public API (DESIGN.md section 2): sparsify24, sparsify24_transposed, Sp24Tensor, mm, stats,
-build_info; the pure-PyTorch oracle is sp24.reference.
+Keeps the 2 largest of every 4 activations of a Squared-ReLU FFN and runs its GEMMs on 2:4 sparse
+tensor cores, forward and backward; every op also runs on CPU (exact, reference speed) and on the
+Meta device. The design is in docs/DESIGN.md of the repository.
+
+Public API (docs/DESIGN.md, 'Public API'):
+    sparsify24, sparsify24_transposed  2:4 sparsification (row-wise / along the tokens)
+    Sp24Tensor, mm                     a 2:4 matrix and its product with a dense one
+    relu2_ffn                          the differentiable 2:4 Squared-ReLU FFN
+    nn                                 ReLU2FFN module, set_sparse, DenseWarmup, convert
+    stats, build_info                  activation sparsity; how this build was made
+    reference                          the pure-PyTorch oracle: the semantics, stated once
+
+Example::
+
+    >>> x = torch.randn(8, 16)
+    >>> s = sp24.sparsify24(x, activation="relu2")
+    >>> (s @ torch.randn(16, 4)).shape
+    torch.Size([8, 4])
 """
 
 import torch  # noqa: F401  (must precede the native module: it provides libtorch)
@@ -11,7 +27,7 @@ try:
 except ImportError as e:  # pragma: no cover - only without a build
     raise ImportError(
         "sp24: the native extension is not built. From the repository root run:\n"
-        "    pip install --no-build-isolation -e .\n"
+        "    pip install --no-build-isolation .        (add -e for an editable install)\n"
         f"({e})"
     ) from e
 

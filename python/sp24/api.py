@@ -1,4 +1,4 @@
-"""The thin public API over torch.ops.sp24 (DESIGN.md section 2)."""
+"""The thin public API over torch.ops.sp24 (docs/DESIGN.md, 'Public API')."""
 
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
 """The main job: train a small byte-level GPT with Squared-ReLU FFNs (sp24.nn.ReLU2FFN) twice from the
 same seed, dense and "dense warm-up, then 2:4 in forward and backward", and compare them.
 
-    python -m sp24.demo                      # default CPU config, a few minutes on 2 cores
+    python -m sp24.demo                      # default CPU config, about a minute on 2 idle cores
     python -m sp24.demo --config gpu         # >= 20M params, 3000 steps, bf16 on CUDA
     python -m sp24.demo --config micro --out /tmp/x   # seconds (tests)
+    python -m sp24.demo --out bench/results/demo_cpu  # on purpose: rewrite the committed results
 
 Corpus: the Python standard library's own source files, read as bytes (vocabulary 256). They are on
 every machine that runs this demo, so nothing is downloaded at run time; they are real text written
@@ -16,9 +17,11 @@ function of the file name alone, so it is the same on every machine and a file t
 adds or removes does not move any other file across the split. The exact corpus depends on the
 Python version, so the JSON records the version, the file counts and a sha256 of the bytes.
 
-Outputs in --out: summary.json (plain JSON: versions, device, commit, config, corpus, per-run eval
+Outputs in --out (default out/demo_<config>, relative to the current folder; git ignores out/, so
+running the demo never changes a committed file): summary.json (plain JSON: versions, device, commit, config, corpus, per-run eval
 loss, train loss, per-layer activation sparsity and 2:4 drop fractions over steps, time per step)
-and curves.png (loss dense vs sparse; per-layer sparsity and 2:4 drop fraction over steps).
+and curves.png (loss of both runs and their difference; per-layer sparsity and the fraction of
+non-zeros 2:4 drops row-wise and token-wise, for both runs; see `plot`).
 """
 
 from __future__ import annotations
@@ -284,7 +287,36 @@ def _commit() -> str | None:
         return None
 
 
+def _smooth(values: list, k: int) -> list:
+    """Trailing running mean over k points."""
+    return [sum(values[max(0, i - k + 1):i + 1]) / len(values[max(0, i - k + 1):i + 1]) for i in range(len(values))]
+
+
+RUN_LABELS = {"dense": "dense run", "sparse": "2:4 run"}
+
+
 def plot(summary: dict, path: Path) -> bool:
+    """Draw the demo's figure (curves.png) from a summary.
+
+    Panels: (a) loss of both runs; (b) the effect the demo exists for, the 2:4 run minus the dense
+    run (held-out eval loss and smoothed train loss), which is exactly 0 during the shared dense
+    warm-up; (c) activation sparsity per layer; (d, e) the fraction of non-zeros a 2:4 pass drops
+    row-wise (the forward's pattern) and token-wise (the weight gradients'), for both runs (the
+    dense run: what 2:4 would drop); (f) one legend for the layer colours and run line styles.
+
+    Args:
+        summary (dict): what :func:`main` returns (the content of summary.json).
+        path (Path): the PNG to write.
+
+    Returns:
+        bool: False (and a note on stderr) when matplotlib is not installed, else True.
+
+    Example::
+
+        >>> s = main(["--config", "micro", "--out", "/tmp/sp24_demo", "--device", "cpu"])  # doctest: +SKIP
+        >>> plot(s, Path("/tmp/sp24_demo/again.png"))  # doctest: +SKIP
+        True
+    """
     try:
         import matplotlib
     except ImportError:
@@ -292,46 +324,88 @@ def plot(summary: dict, path: Path) -> bool:
         return False
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     runs, warmup = summary["runs"], summary["config"]["warmup"]
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
-    ax, top = axes[0], 0.0
-    for name, color, ls in (("sparse", "tab:red", "-"), ("dense", "tab:blue", "--")):  # dense on top, dashed
-        steps, losses = zip(*runs[name]["train_loss"])
-        k = max(1, len(losses) // 40)  # running mean over ~2.5% of the run
-        smooth = [sum(losses[max(0, i - k + 1):i + 1]) / len(losses[max(0, i - k + 1):i + 1]) for i in range(len(losses))]
-        ax.plot(steps, smooth, color=color, alpha=0.5, lw=1, ls=ls, label=f"{name} train (smoothed)")
-        es, el = zip(*runs[name]["eval_loss"])
-        ax.plot(es, el, "o", color=color, ls=ls, ms=4, label=f"{name} held-out eval: {el[-1]:.4f}")
-        top = max(top, max(smooth[len(smooth) // 20:]), max(el))  # skip the first 5%: the initial ~5.5
-    ax.axvline(warmup, color="gray", ls="--", lw=1, label=f"2:4 on (step {warmup})")
-    ax.set(title="loss (nats/byte)", xlabel="step", ylabel="cross-entropy")
-    ax.set_ylim(top=top + 0.05 * (top - ax.get_ylim()[0]))
-    ax.legend(fontsize=8)
-
-    colors = plt.get_cmap("viridis")
     n_layer = summary["config"]["n_layer"]
-    for ax, keys, title in ((axes[1], ("zero_fraction",), "activation sparsity of relu(Y1)^2 (zero fraction)"),
-                            (axes[2], ("drop_rowwise", "drop_tokenwise"), "fraction of non-zeros 2:4 drops")):
-        for name, ls in (("dense", ":"), ("sparse", "-")):
+    run_style = {"dense": dict(ls=":", lw=1.6), "sparse": dict(ls="-", lw=1.4)}
+    run_color = {"dense": "tab:blue", "sparse": "tab:red"}
+    fig, axes = plt.subplots(2, 3, figsize=(17, 8.6))
+    (ax_loss, ax_diff, ax_zero), (ax_row, ax_tok, ax_leg) = axes
+
+    def switch_line(ax, label=False):
+        ax.axvline(warmup, color="gray", ls="--", lw=1, label=f"2:4 switched on (step {warmup})" if label else None)
+
+    # (a) loss of both runs
+    top = 0.0
+    k = max(1, len(runs["dense"]["train_loss"]) // 40)  # running mean over ~2.5% of the run
+    for name in ("sparse", "dense"):  # the dense run drawn last, dotted: the two nearly coincide
+        steps, losses = zip(*runs[name]["train_loss"])
+        smooth = _smooth(list(losses), k)
+        ax_loss.plot(steps, smooth, color=run_color[name], alpha=0.6, lw=1, ls=run_style[name]["ls"],
+                     label=f"{RUN_LABELS[name]}: train (running mean)")
+        es, el = zip(*runs[name]["eval_loss"])
+        ax_loss.plot(es, el, marker="o" if name == "sparse" else "s", ms=4 if name == "sparse" else 6,
+                     mfc=run_color[name] if name == "sparse" else "none", color=run_color[name], ls=run_style[name]["ls"],
+                     label=f"{RUN_LABELS[name]}: held-out eval, final {el[-1]:.4f}")
+        top = max(top, max(smooth[len(smooth) // 20:]), max(el))  # skip the first 5%: the initial ~5.5
+    switch_line(ax_loss, label=True)
+    ax_loss.set(title="(a) loss, both runs (they overlap: see (b))", xlabel="step", ylabel="cross-entropy (nats/byte)")
+    ax_loss.set_ylim(top=top + 0.05 * (top - ax_loss.get_ylim()[0]))
+    ax_loss.legend(fontsize=8)
+
+    # (b) 2:4 run minus dense run
+    es, el_s = zip(*runs["sparse"]["eval_loss"])
+    el_d = dict(runs["dense"]["eval_loss"])
+    diff_eval = [(s, v - el_d[s]) for s, v in zip(es, el_s) if s in el_d]
+    td = dict(runs["dense"]["train_loss"])
+    ts = [(s, v - td[s]) for s, v in runs["sparse"]["train_loss"] if s in td]
+    ax_diff.axhline(0.0, color="k", lw=0.8)
+    ax_diff.plot([s for s, _ in ts], _smooth([v for _, v in ts], k), color="tab:purple", lw=1, alpha=0.7,
+                 label="train loss difference (running mean)")
+    ax_diff.plot([s for s, _ in diff_eval], [v for _, v in diff_eval], "o-", color="tab:red", ms=4,
+                 label=f"held-out eval loss difference, final {diff_eval[-1][1]:+.4f}")
+    switch_line(ax_diff, label=True)
+    ax_diff.set(title="(b) 2:4 run minus dense run (same seed, same batches)", xlabel="step",
+                ylabel="loss difference (nats/byte)")
+    final_dense = runs["dense"]["final_eval_loss"]
+    ax_diff.text(0.01, 0.02, f"for scale: 1% of the dense run's final eval loss is {0.01 * final_dense:.4f}\n"
+                 "one seed per run: the seed-to-seed noise is not measured here",
+                 transform=ax_diff.transAxes, fontsize=8, color="dimgray")
+    ax_diff.legend(fontsize=8, loc="upper left")
+
+    # (c)-(e) per-layer statistics of relu(Y1)^2, both runs
+    colors = plt.get_cmap("viridis")
+    layer_color = [colors(li / max(1, n_layer - 1) * 0.85) for li in range(n_layer)]
+    panels = ((ax_zero, "zero_fraction", "(c) activation sparsity: zero fraction of relu(Y1)^2", "zero fraction"),
+              (ax_row, "drop_rowwise", "(d) non-zeros 2:4 drops row-wise (forward pattern)", "dropped / non-zeros"),
+              (ax_tok, "drop_tokenwise", "(e) non-zeros 2:4 drops token-wise (weight gradients)",
+               "dropped / non-zeros"))
+    for ax, key, title, ylabel in panels:
+        for name in ("dense", "sparse"):
             stats = runs[name]["stats"]
             s = [e["step"] for e in stats]
             for li in range(n_layer):
-                for key in keys:
-                    sty = ls if key != "drop_tokenwise" else ("--" if name == "sparse" else None)
-                    if sty is None:
-                        continue
-                    lab = f"L{li} {key.replace('drop_', '')} ({name})" if len(keys) > 1 else f"L{li} ({name})"
-                    ax.plot(s, [e["layers"][li][key] for e in stats], ls=sty, lw=1.2,
-                            color=colors(li / max(1, n_layer - 1) * 0.85), label=lab)
-        ax.axvline(warmup, color="gray", ls="--", lw=1)
-        ax.set(title=title, xlabel="step")
-        ax.legend(fontsize=7, ncol=2)
-    axes[2].set_ylabel("dropped / non-zeros")
-    fig.suptitle(f"sp24 demo: byte-level GPT on stdlib source, dense vs 2:4 after {warmup} dense steps "
-                 f"({summary['device']}, {summary['config_name']} config)", fontsize=10)
+                ax.plot(s, [e["layers"][li][key] for e in stats], color=layer_color[li], **run_style[name])
+        switch_line(ax)
+        ax.set(title=title, xlabel="step", ylabel=ylabel)
+
+    # (f) one legend: colour = layer, line style = run
+    ax_leg.axis("off")
+    handles = [Line2D([], [], color=layer_color[li], lw=2.5, label=f"layer {li}") for li in range(n_layer)]
+    handles += [Line2D([], [], color="k", **run_style["dense"],
+                       label="dense run (never sparse; (d), (e): what 2:4 would drop)"),
+                Line2D([], [], color="k", **run_style["sparse"],
+                       label=f"2:4 run (dense until step {warmup}, then 2:4 forward + backward)"),
+                Line2D([], [], color="gray", ls="--", lw=1, label=f"2:4 switched on (step {warmup})")]
+    ax_leg.legend(handles=handles, loc="center", fontsize=10, title="panels (c), (d), (e)", title_fontsize=10,
+                  frameon=False)
+
+    fig.suptitle(f"sp24 demo: byte-level GPT ({summary['n_params'] / 1e6:.2f}M params) on Python stdlib source, "
+                 f"dense run vs 2:4 run, seed {summary['seed']} ({summary['device']}, {summary['config_name']} config)",
+                 fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
 
@@ -381,7 +455,9 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, Config, torch.device]:
     p.add_argument("--steps", type=_positive("--steps"), help="training steps per run (overrides the config)")
     p.add_argument("--warmup", type=_non_negative("--warmup"),
                    help="dense steps before 2:4 is switched on in the sparse run; must be < --steps")
-    p.add_argument("--out", default=None, help="output folder (default: bench/results/demo_<config>)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default: out/demo_<config> in the current folder, which git ignores; "
+                        "the committed results in bench/results/ are only rewritten when named here on purpose)")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 "
                    "(default: cuda if available, else cpu)")
     p.add_argument("--seed", type=_non_negative("--seed"), default=0, help="seed of both runs (default 0)")
@@ -426,12 +502,31 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, Config, torch.device]:
         if not _ops.has_kernel("sparsify24", "CUDA"):
             p.error(f"--device {dev_s}: sp24 was built without CUDA kernels; rebuild with SP24_CUDA=ON "
                     "or use --device cpu")
-    args.out = Path(args.out or f"bench/results/demo_{args.config}")
+    args.out = Path(args.out or Path("out") / f"demo_{args.config}")
     return args, cfg, device
 
 
 def main(argv=None) -> dict:
-    """Run the demo (argv: the command-line flags); returns the summary that summary.json holds."""
+    """Run the demo: train the dense and the 2:4 run, print the comparison, write summary.json and curves.png.
+
+    Args:
+        argv (list[str], optional): the command-line flags (default: ``sys.argv[1:]``), e.g.
+            ``["--config", "micro", "--out", "/tmp/x"]``; see ``python -m sp24.demo --help``.
+
+    Returns:
+        dict: the summary that summary.json holds (versions, device, config, corpus, both runs'
+        curves, final eval losses and their relative gap).
+
+    Raises:
+        SystemExit: a bad flag (code 2, with a message naming the flag, the value and the remedy).
+        RuntimeError: the corpus is missing or a run's loss stops being finite.
+
+    Example::
+
+        >>> s = main(["--config", "micro", "--out", "/tmp/sp24_demo", "--device", "cpu"])  # doctest: +SKIP
+        >>> s["final_eval_loss_sparse"] < 5.5  # doctest: +SKIP
+        True
+    """
     args, cfg, device = parse_args(argv)
     threads = torch.get_num_threads()
     if args.threads is not None:

@@ -1,4 +1,4 @@
-"""The Squared-ReLU FFN with 2:4 activation sparsity, forward and backward (DESIGN.md section 1).
+"""The Squared-ReLU FFN with 2:4 activation sparsity, forward and backward (docs/DESIGN.md, 'The method').
 
     Y1 = X W1^T (+b1)   dense
     Y2 = relu(Y1)^2     fused with the row-wise 2:4 sparsification (+ per-feature counts)
@@ -29,7 +29,7 @@ Saved for backward: x (the input itself, not a permuted copy), the weights, the 
 never the dense Y1, since relu(Y1) = sqrt(Y2) on the kept positions (saved_bytes measures it).
 
 Shapes: x (..., d), w1 (F, d), w2 (d, F) (nn.Linear layout); any number of tokens. sparse=True
-needs d and F to be multiples of 8 (DESIGN.md's contract; a clear error otherwise, no hidden
+needs d and F to be multiples of 8 (docs/DESIGN.md, 'Public API'; a clear error otherwise, no hidden
 weight padding, which would copy both weights on every call). cuSPARSELt serves dims that are
 multiples of 16: with d or F = 8 mod 16 the 2:4 GEMMs stay correct but run as dense GEMMs
 inside sparse24_mm (it warns once).
@@ -274,13 +274,50 @@ def _check(x, w1, w2, b1, b2, sparse: bool, dense_fraction: float, same_dtype: b
 
 def relu2_ffn(x: Tensor, w1: Tensor, w2: Tensor, b1: Optional[Tensor] = None, b2: Optional[Tensor] = None,
               *, sparse: bool = True, dense_fraction: float = 0.05, permute_tokens: bool = True) -> Tensor:
-    """Differentiable Squared-ReLU FFN `relu(x W1^T + b1)^2 W2^T + b2` (x: (..., d)).
+    """Differentiable Squared-ReLU FFN ``relu(x @ w1.T + b1) ** 2 @ w2.T + b2`` with 2:4 activations.
 
-    sparse=False: exactly the plain PyTorch FFN (dense_relu2_ffn). sparse=True: the 2:4 FFN of the
-    module docstring; on CUDA it runs dense where the crossover table says 2:4 does not pay
-    (see sp24._fallback; `sp24.ffn.fallback(False)` or SP24_FFN_FALLBACK=0 turns that off).
-    dense_fraction: share of the features whose weight gradients stay dense (the densest ones).
-    permute_tokens: the fixed token permutation inside the FFN (the backward's grouping).
+    ``sparse=True`` runs the forward GEMM ``Y2 @ w2.T`` on the row-wise 2:4 of Y2 and the backward
+    with the forward's pattern, the token-wise 2:4 weight-gradient GEMMs, the feature split and
+    the token permutation (docs/DESIGN.md, 'The six GEMMs'); it saves only the compressed Y2 for
+    the backward. ``sparse=False`` is exactly the plain PyTorch FFN (:func:`dense_relu2_ffn`).
+    On CUDA, ``sparse=True`` runs dense for shapes where 2:4 does not pay (the automatic
+    fallback of docs/DESIGN.md, 'Beyond the paper'; ``sp24.ffn.fallback(False)`` or
+    ``SP24_FFN_FALLBACK=0`` turns it off). Under ``torch.autocast`` the sparse path runs in the
+    autocast dtype. A NaN/Inf in a token's input makes that token's output and ``dx`` non-finite,
+    as in the dense FFN (docs/DESIGN.md, 'NaN and Inf in training').
+
+    Args:
+        x (Tensor): (..., d) input, any number of tokens (leading dims); fp32, fp16 or bf16.
+        w1 (Tensor): (F, d) first weight (``nn.Linear(d, F).weight``), dtype and device of x.
+        w2 (Tensor): (d, F) second weight (``nn.Linear(F, d).weight``).
+        b1 (Tensor, optional): (F,) first bias.
+        b2 (Tensor, optional): (d,) second bias.
+        sparse (bool): 2:4 forward and backward (default) or the exact dense FFN.
+        dense_fraction (float): in [0, 1]; share of the features, the densest ones, whose weight
+            gradients stay dense (default 0.05).
+        permute_tokens (bool): the fixed token permutation inside the FFN (default True); it only
+            changes which tokens the backward's token-wise 2:4 groups together.
+
+    Returns:
+        Tensor: (..., d), dtype of x (the autocast dtype under autocast).
+
+    Raises:
+        TypeError: a non-tensor argument, mismatched dtypes, or (sparse) a dtype other than
+            fp32/fp16/bf16.
+        ValueError: shapes that do not chain (x (..., d), w1 (F, d), w2 (d, F)), tensors on
+            different devices, ``dense_fraction`` outside [0, 1], or (sparse) d or F not a
+            multiple of 8.
+
+    Example::
+
+        >>> x = torch.randn(32, 16, requires_grad=True)
+        >>> w1, w2 = torch.randn(64, 16), torch.randn(16, 64)
+        >>> y = sp24.relu2_ffn(x, w1, w2, sparse=True)
+        >>> y.shape
+        torch.Size([32, 16])
+        >>> y.sum().backward()
+        >>> x.grad.shape
+        torch.Size([32, 16])
     """
     amp = _autocast_dtype(x)
     if not sparse:

@@ -1,7 +1,8 @@
 """The pure-PyTorch oracle: the semantics of every sp24 op, stated once.
 
 Slow and obvious on purpose. Every kernel (CPU and CUDA) is tested against these functions;
-masks, values (bit for bit) and indices must match exactly.
+masks, values (bit for bit) and indices must match exactly. The reasons behind each rule are in
+docs/DESIGN.md, 'Semantics'.
 
 2:4 selection (per group of 4 consecutive values along the last dim):
   * keep the 2 that rank highest; "largest" ranks by value, "largest_abs" by magnitude;
@@ -20,12 +21,47 @@ _INT_VIEW = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloa
 
 
 def relu2(x: Tensor) -> Tensor:
-    """Squared-ReLU computed in fp32 and rounded once to x's dtype (NaN propagates)."""
+    """Squared-ReLU ``relu(x) ** 2``, computed in fp32 and rounded once to ``x.dtype``.
+
+    Args:
+        x (Tensor): any shape, a floating dtype.
+
+    Returns:
+        Tensor: same shape and dtype as ``x``. NaN stays NaN; ``-inf`` gives 0, ``+inf`` gives ``+inf``.
+
+    Example::
+
+        >>> sp24.reference.relu2(torch.tensor([-1.0, 0.5, 3.0]))
+        tensor([0.0000, 0.2500, 9.0000])
+    """
     return torch.relu(x.float()).square().to(x.dtype)
 
 
 def select_mask(x: Tensor, algo: str = "largest") -> Tensor:
-    """Boolean (M, K) mask of the kept positions of the row-wise 2:4 selection of x (M, K)."""
+    """Kept positions of the row-wise 2:4 selection: the rule every kernel implements.
+
+    In each group of 4 consecutive values of a row the 2 that rank highest are kept: NaN above
+    every number (NaNs tie), then by value (``"largest"``) or magnitude (``"largest_abs"``);
+    ``-0.0`` ties with ``0.0``; a tie goes to the lower index.
+
+    Args:
+        x (Tensor): (M, K), K a multiple of 4; fp32, fp16 or bf16.
+        algo (str): ``"largest"`` (default) or ``"largest_abs"``.
+
+    Returns:
+        Tensor: (M, K) bool, exactly 2 True in every group of 4.
+
+    Raises:
+        ValueError: ``algo`` is not one of the two names.
+
+    Example::
+
+        >>> x = torch.tensor([[0.5, -2.0, 1.0, 3.0, 0.0, -0.0, 0.25, -1.0]])
+        >>> sp24.reference.select_mask(x)
+        tensor([[False, False,  True,  True,  True, False,  True, False]])
+        >>> sp24.reference.select_mask(x, "largest_abs")
+        tensor([[False,  True, False,  True, False, False,  True,  True]])
+    """
     M, K = x.shape
     keys = x.float().reshape(M, K // 4, 4)
     if algo == "largest_abs":
@@ -43,7 +79,19 @@ def select_mask(x: Tensor, algo: str = "largest") -> Tensor:
 
 
 def mask_to_indices(mask: Tensor) -> Tensor:
-    """(M, K) 2:4 mask -> (M, K/2) uint8 indices within each group of 4, increasing."""
+    """Canonical indices of a 2:4 mask: the 2 kept positions of each group, increasing.
+
+    Args:
+        mask (Tensor): (M, K) bool with exactly 2 True in every group of 4.
+
+    Returns:
+        Tensor: (M, K/2) uint8 in 0..3.
+
+    Example::
+
+        >>> sp24.reference.mask_to_indices(torch.tensor([[False, True, False, True]]))
+        tensor([[1, 3]], dtype=torch.uint8)
+    """
     M, K = mask.shape
     g = mask.reshape(M, K // 4, 4)
     pos = torch.arange(4, device=mask.device, dtype=torch.int64)
@@ -53,7 +101,19 @@ def mask_to_indices(mask: Tensor) -> Tensor:
 
 
 def indices_to_mask(indices: Tensor) -> Tensor:
-    """(M, K/2) uint8 indices -> (M, K) bool mask."""
+    """The (M, K) bool mask of canonical 2:4 indices (the inverse of :func:`mask_to_indices`).
+
+    Args:
+        indices (Tensor): (M, K/2) uint8 in 0..3.
+
+    Returns:
+        Tensor: (M, K) bool.
+
+    Example::
+
+        >>> sp24.reference.indices_to_mask(torch.tensor([[1, 3]], dtype=torch.uint8))
+        tensor([[False,  True, False,  True]])
+    """
     M, H = indices.shape
     cols = _columns(indices)
     mask = torch.zeros(M, 2 * H, dtype=torch.bool, device=indices.device)
@@ -74,7 +134,31 @@ def _gather_bits(x: Tensor, cols: Tensor) -> Tensor:
 
 def sparsify24(x: Tensor, algo: str = "largest", activation: Optional[str] = None,
                with_counts: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-    """Row-wise 2:4 of x (M, K) -> (values (M, K/2), indices (M, K/2) uint8, counts)."""
+    """Oracle of ``torch.ops.sp24.sparsify24``: row-wise 2:4 of x, as values + indices.
+
+    Args:
+        x (Tensor): (M, K), K a multiple of 4; fp32, fp16 or bf16.
+        algo (str): ``"largest"`` or ``"largest_abs"`` (see :func:`select_mask`).
+        activation (str, optional): ``"relu2"`` applies :func:`relu2` first; the selection ranks
+            the activated, rounded values.
+        with_counts (bool): also count the non-zeros of every column of the (activated) input
+            before the selection (NaN counts as non-zero).
+
+    Returns:
+        tuple[Tensor, Tensor, Tensor]: ``values`` (M, K/2) the kept values in index order with
+        their exact bits, ``indices`` (M, K/2) uint8, and ``counts`` (K,) int32 (empty unless
+        ``with_counts``).
+
+    Raises:
+        ValueError: an unknown ``activation`` or ``algo``.
+
+    Example::
+
+        >>> x = torch.tensor([[0.5, -2.0, 1.0, 3.0, 0.0, -0.0, 0.25, -1.0]])
+        >>> values, indices, _ = sp24.reference.sparsify24(x)
+        >>> values, indices
+        (tensor([[1.0000, 3.0000, 0.0000, 0.2500]]), tensor([[2, 3, 0, 2]], dtype=torch.uint8))
+    """
     if activation == "relu2":
         x = relu2(x)
     elif activation is not None:
@@ -90,24 +174,89 @@ def sparsify24(x: Tensor, algo: str = "largest", activation: Optional[str] = Non
 
 def sparsify24_transposed(x: Tensor, algo: str = "largest_abs",
                           columns: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-    """2:4 of x[:, columns].T (or x.T) along its last dim, i.e. along the rows of x."""
+    """Oracle of ``torch.ops.sp24.sparsify24_transposed``: 2:4 along the rows (tokens) of x.
+
+    Args:
+        x (Tensor): (T, N), T a multiple of 4.
+        algo (str): ``"largest_abs"`` (default) or ``"largest"``.
+        columns (Tensor, optional): (C,) int64 column numbers of x, in the order wanted.
+
+    Returns:
+        tuple[Tensor, Tensor]: ``values`` and ``indices`` (C or N, T/2) of ``x[:, columns].T``
+        (or ``x.T``) sparsified along its last dim.
+
+    Example::
+
+        >>> x = torch.arange(16.0).view(4, 4)
+        >>> values, indices = sp24.reference.sparsify24_transposed(x, columns=torch.tensor([3, 0]))
+        >>> values
+        tensor([[11., 15.],
+                [ 8., 12.]])
+    """
     xt = (x if columns is None else x[:, columns]).t().contiguous()
     values, indices, _ = sparsify24(xt, algo)
     return values, indices
 
 
 def apply(x: Tensor, indices: Tensor) -> Tensor:
-    """Values of x (M, K) at the positions of a 2:4 pattern."""
+    """Values of x at the positions of a given 2:4 pattern (``torch.ops.sp24.sparse24_apply``).
+
+    Args:
+        x (Tensor): (M, K).
+        indices (Tensor): (M, K/2) uint8, canonical indices of the pattern.
+
+    Returns:
+        Tensor: (M, K/2), same dtype as x, exact bits.
+
+    Example::
+
+        >>> idx = torch.tensor([[2, 3, 0, 2]], dtype=torch.uint8)
+        >>> sp24.reference.apply(torch.arange(8.0).view(1, 8), idx)
+        tensor([[2., 3., 4., 6.]])
+    """
     return _gather_bits(x, _columns(indices))
 
 
 def apply_relu2_backward(grad: Tensor, y2_values: Tensor, indices: Tensor) -> Tensor:
-    """dY1 = dY2 * 2*relu(Y1) on the kept positions, with relu(Y1) = sqrt(Y2), in fp32."""
+    """Squared-ReLU backward on a 2:4 pattern: ``dY1 = dY2 * 2 * sqrt(Y2)`` on the kept positions.
+
+    ``relu(Y1) = sqrt(Y2)`` where Y2 was kept, so the backward needs only the compressed Y2.
+    Computed in fp32, one rounding to ``grad.dtype``.
+
+    Args:
+        grad (Tensor): (M, K) the gradient dY2 of the dense Y2.
+        y2_values (Tensor): (M, K/2) the kept values of Y2 (from ``sparsify24(..., "relu2")``).
+        indices (Tensor): (M, K/2) uint8, the forward pattern.
+
+    Returns:
+        Tensor: (M, K/2) the compressed dY1, dtype of ``grad``.
+
+    Example::
+
+        >>> idx = torch.tensor([[2, 3, 0, 2]], dtype=torch.uint8)
+        >>> sp24.reference.apply_relu2_backward(torch.ones(1, 8), torch.tensor([[4.0, 9.0, 1.0, 0.25]]), idx)
+        tensor([[4., 6., 2., 1.]])
+    """
     g = apply(grad, indices).float()
     return (g * (2.0 * y2_values.float().sqrt())).to(grad.dtype)
 
 
 def to_dense(values: Tensor, indices: Tensor) -> Tensor:
+    """The dense (M, K) matrix of a 2:4 (values, indices) pair; dropped positions are +0.0.
+
+    Args:
+        values (Tensor): (M, K/2) kept values.
+        indices (Tensor): (M, K/2) uint8 canonical indices.
+
+    Returns:
+        Tensor: (M, K), dtype of ``values``, the kept values with their exact bits.
+
+    Example::
+
+        >>> idx = torch.tensor([[2, 3]], dtype=torch.uint8)
+        >>> sp24.reference.to_dense(torch.tensor([[1.0, 3.0]]), idx)
+        tensor([[0., 0., 1., 3.]])
+    """
     M, H = values.shape
     iv = _INT_VIEW[values.dtype]
     out = torch.zeros(M, 2 * H, dtype=iv, device=values.device)
@@ -116,7 +265,24 @@ def to_dense(values: Tensor, indices: Tensor) -> Tensor:
 
 def mm(values: Tensor, indices: Tensor, b: Tensor, bias: Optional[Tensor] = None,
        out_dtype: Optional[torch.dtype] = None) -> Tensor:
-    """A @ b (+ bias) for a 2:4 A, fp32 accumulation, one rounding to out_dtype."""
+    """``A @ b (+ bias)`` for a 2:4 A given by (values, indices): fp32 accumulation, one rounding.
+
+    Args:
+        values (Tensor): (M, K/2) kept values of A.
+        indices (Tensor): (M, K/2) uint8 canonical indices of A.
+        b (Tensor): (K, N) dense.
+        bias (Tensor, optional): (N,), added in fp32 before the rounding.
+        out_dtype (torch.dtype, optional): result dtype (default: that of ``values``).
+
+    Returns:
+        Tensor: (M, N).
+
+    Example::
+
+        >>> idx = torch.tensor([[2, 3]], dtype=torch.uint8)
+        >>> sp24.reference.mm(torch.tensor([[1.0, 3.0]]), idx, torch.ones(4, 2))
+        tensor([[4., 4.]])
+    """
     out = to_dense(values, indices).float() @ b.float()
     if bias is not None:
         out = out + bias.float()
@@ -124,7 +290,21 @@ def mm(values: Tensor, indices: Tensor, b: Tensor, bias: Optional[Tensor] = None
 
 
 def sparsify24_dense(x: Tensor, algo: str = "largest", activation: Optional[str] = None) -> Tensor:
-    """Dense (M, K) result of the row-wise 2:4 sparsification (dropped values are 0)."""
+    """Row-wise 2:4 of x as a dense (M, K) tensor: kept values in place, dropped ones +0.0.
+
+    Args:
+        x (Tensor): (M, K), K a multiple of 4.
+        algo (str): ``"largest"`` or ``"largest_abs"``.
+        activation (str, optional): ``"relu2"`` or None, as in :func:`sparsify24`.
+
+    Returns:
+        Tensor: (M, K), dtype of x.
+
+    Example::
+
+        >>> sp24.reference.sparsify24_dense(torch.tensor([[0.5, -2.0, 1.0, 3.0]]))
+        tensor([[0., 0., 1., 3.]])
+    """
     values, indices, _ = sparsify24(x, algo, activation)
     return to_dense(values, indices)
 
@@ -142,10 +322,26 @@ def _buffer(values: Tensor, meta: Tensor) -> Tensor:
 
 
 def cslt_pack(values: Tensor, indices: Tensor) -> Tensor:
-    """sp24's CPU packing of a 2:4 A (M, K): [values as raw bytes | metadata (M, K/8) bytes | zeros]
-    (size: values + metadata for M and K rounded up to 128, room for cuSPARSELt's padding), where
-    metadata byte j of row r = nib(2j) | nib(2j+1) << 4 and nib(g) = idx[r, 2g] | idx[r, 2g+1] << 2.
-    (On CUDA the buffer is cuSPARSELt's own layout instead.)"""
+    """sp24's CPU GEMM-ready buffer of a 2:4 A (M, K) (``sparse24_cslt_compress`` on CPU).
+
+    Layout: ``[values as raw bytes | metadata (M, K/8) bytes | zeros]``, the size of values plus
+    metadata for M and K rounded up to 128; metadata byte j of row r is
+    ``nib(2j) | nib(2j+1) << 4`` with ``nib(g) = idx[r, 2g] | idx[r, 2g+1] << 2``. On CUDA the
+    buffer is cuSPARSELt's own layout instead (:func:`cslt_layout`).
+
+    Args:
+        values (Tensor): (M, K/2) kept values.
+        indices (Tensor): (M, K/2) uint8 canonical indices.
+
+    Returns:
+        Tensor: 1-D uint8 buffer.
+
+    Example::
+
+        >>> idx = torch.tensor([[2, 3, 0, 2]], dtype=torch.uint8)
+        >>> sp24.reference.cslt_pack(torch.ones(1, 4, dtype=torch.float16), idx).shape
+        torch.Size([2056])
+    """
     M = values.shape[0]
     idx = indices.to(torch.int32).reshape(M, -1, 2)
     nib = (idx[..., 0] | (idx[..., 1] << 2)).reshape(M, -1, 2)
@@ -174,8 +370,24 @@ CSLT_LAYOUT_SOURCE = "pytorch/ao activation24 (sm_90, 16-bit, reverse-engineered
 
 
 def cslt_meta_offset(r: int, g: int, K: int) -> tuple[int, int]:
-    """(byte offset into the metadata region, bit shift) of the nibble of row r, group g (scalar
-    form of the layout above; `cslt_layout` is the vectorised one, the tests compare the two)."""
+    """Where the metadata nibble of row r, group g sits in the candidate cuSPARSELt layout.
+
+    The scalar form of :func:`cslt_layout` (the tests compare the two); see the comment above
+    this function for the layout.
+
+    Args:
+        r (int): row of A.
+        g (int): group of 4 columns of A.
+        K (int): columns of A, a multiple of 32.
+
+    Returns:
+        tuple[int, int]: (byte offset into the metadata region, bit shift 0 or 4).
+
+    Example::
+
+        >>> sp24.reference.cslt_meta_offset(9, 1, 32)
+        (10, 4)
+    """
     band, r64 = divmod(r, 64)
     r16, r = divmod(r64, 16)
     hi, r8 = divmod(r, 8)
@@ -186,13 +398,45 @@ def cslt_meta_offset(r: int, g: int, K: int) -> tuple[int, int]:
 
 
 def cslt_meta_bytes(M: int, K: int) -> int:
-    """Bytes of metadata the emulated layout writes (rows padded to a multiple of 64)."""
+    """Bytes of metadata the emulated cuSPARSELt layout writes for a 2:4 A (M, K).
+
+    Args:
+        M (int): rows (padded to a multiple of 64 by the emulation).
+        K (int): columns.
+
+    Returns:
+        int: ``ceil(M / 64) * 64 * K / 8``.
+
+    Example::
+
+        >>> sp24.reference.cslt_meta_bytes(100, 32)
+        512
+    """
     return -(-M // 64) * 64 * K // 8
 
 
 def cslt_layout(values: Tensor, indices: Tensor) -> Tensor:
-    """Candidate emulation of cusparseLtSpMMACompress's buffer for the 2:4 A given by (values,
-    indices), in sp24's buffer size (zeros past the metadata). See the comment above: unverified."""
+    """Candidate CPU emulation of ``cusparseLtSpMMACompress``'s 16-bit sm_90 buffer (unverified).
+
+    Derived from public reverse engineering (see the comment above); trusted only where a GPU
+    test found it equal to cuSPARSELt's own buffer.
+
+    Args:
+        values (Tensor): (M, K/2) kept values, fp16 or bf16.
+        indices (Tensor): (M, K/2) uint8 canonical indices.
+
+    Returns:
+        Tensor: 1-D uint8 buffer in sp24's buffer size (zeros past the metadata).
+
+    Raises:
+        ValueError: a dtype other than fp16/bf16, or K not a multiple of 32.
+
+    Example::
+
+        >>> v, i, _ = sp24.reference.sparsify24(torch.randn(64, 32).half())
+        >>> sp24.reference.cslt_layout(v, i).shape
+        torch.Size([4096])
+    """
     M, K = values.shape[0], 2 * values.shape[1]
     if values.dtype not in (torch.float16, torch.bfloat16):
         raise ValueError(f"sp24.reference.cslt_layout: the emulated layout is the 16-bit one; got {values.dtype}")
@@ -211,15 +455,50 @@ def cslt_layout(values: Tensor, indices: Tensor) -> Tensor:
 
 def sparsify24_cslt(x: Tensor, algo: str = "largest", activation: Optional[str] = None,
                     with_counts: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-    """What sparse24 op sparsify24_cslt returns on CPU: (cslt_pack(values, indices), indices, counts)
-    of sparsify24(x, ...). (On CUDA the buffer is cuSPARSELt's layout of the same values and indices.)"""
+    """Oracle of ``torch.ops.sp24.sparsify24_cslt`` on CPU: sparsify24 plus the packed buffer.
+
+    Args:
+        x (Tensor): (M, K), K a multiple of 4.
+        algo (str): ``"largest"`` or ``"largest_abs"``.
+        activation (str, optional): ``"relu2"`` or None.
+        with_counts (bool): also return the per-column non-zero counts.
+
+    Returns:
+        tuple[Tensor, Tensor, Tensor]: ``(cslt_pack(values, indices), indices, counts)`` of
+        :func:`sparsify24`. (On CUDA the buffer is cuSPARSELt's layout of the same values.)
+
+    Example::
+
+        >>> buf, idx, _ = sp24.reference.sparsify24_cslt(torch.randn(64, 32).half())
+        >>> buf.dtype, idx.shape
+        (torch.uint8, torch.Size([64, 16]))
+    """
     values, indices, counts = sparsify24(x, algo, activation, with_counts)
     return cslt_pack(values, indices), indices, counts
 
 
 def cslt_mm(values: Tensor, indices: Tensor, b: Tensor, bias: Optional[Tensor] = None,
             out_dtype: Optional[torch.dtype] = None, transpose_result: bool = False) -> Tensor:
-    """What sparse24_cslt_mm(sparse24_cslt_compress(values, indices), ...) computes."""
+    """What ``sparse24_cslt_mm(sparse24_cslt_compress(values, indices), ...)`` computes.
+
+    Args:
+        values (Tensor): (M, K/2) kept values of A.
+        indices (Tensor): (M, K/2) uint8 canonical indices of A.
+        b (Tensor): (K, N) dense.
+        bias (Tensor, optional): (N,).
+        out_dtype (torch.dtype, optional): result dtype (default: that of ``values``).
+        transpose_result (bool): return the (N, M) transpose, contiguous.
+
+    Returns:
+        Tensor: (M, N), or (N, M) with ``transpose_result``.
+
+    Example::
+
+        >>> idx = torch.tensor([[2, 3]], dtype=torch.uint8)
+        >>> sp24.reference.cslt_mm(torch.tensor([[1.0, 3.0]]), idx, torch.ones(4, 2), transpose_result=True)
+        tensor([[4.],
+                [4.]])
+    """
     out = mm(values, indices, b, bias, out_dtype)
     return out.t().contiguous() if transpose_result else out
 
@@ -227,8 +506,29 @@ def cslt_mm(values: Tensor, indices: Tensor, b: Tensor, bias: Optional[Tensor] =
 # ---- issue #4: oracle of sparse24_transposed_split (the FFN backward's feature split) ------------
 def transposed_split(values: Tensor, indices: Tensor, sparse_cols: Tensor, dense_cols: Tensor,
                      algo: str = "largest_abs") -> tuple[Tensor, Tensor, Tensor]:
-    """(tvalues, tindices) = the 2:4 along the tokens of A[:, sparse_cols].T and dense_t =
-    A[:, dense_cols].T for the row-wise 2:4 A = to_dense(values, indices) (dropped positions +0.0)."""
+    """Oracle of ``sparse24_transposed_split``, the FFN backward's feature split.
+
+    For the row-wise 2:4 A = ``to_dense(values, indices)`` (T, F): the token-wise 2:4 of the
+    ``sparse_cols`` features and the dense transpose of the ``dense_cols`` features.
+
+    Args:
+        values (Tensor): (T, F/2) kept values of A; T a multiple of 4.
+        indices (Tensor): (T, F/2) uint8 canonical indices of A.
+        sparse_cols (Tensor): (Cs,) int64 features that go through the token-wise 2:4 GEMM.
+        dense_cols (Tensor): (Cd,) int64 features that stay dense.
+        algo (str): ranking of the token-wise selection (default ``"largest_abs"``).
+
+    Returns:
+        tuple[Tensor, Tensor, Tensor]: ``tvalues``, ``tindices`` (Cs, T/2) and ``dense_t``
+        (Cd, T), exact bits (dropped positions of A read as +0.0).
+
+    Example::
+
+        >>> v, i, _ = sp24.reference.sparsify24(torch.arange(16.0).view(4, 4))
+        >>> tv, ti, dense_t = sp24.reference.transposed_split(v, i, torch.tensor([2, 3]), torch.tensor([0, 1]))
+        >>> tv.shape, dense_t.shape
+        (torch.Size([2, 2]), torch.Size([2, 4]))
+    """
     a = to_dense(values, indices)
     tvalues, tindices = sparsify24_transposed(a, algo, sparse_cols)
     iv = _INT_VIEW[a.dtype]  # select columns on an integer view: keep every bit (NaN payloads)

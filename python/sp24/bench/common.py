@@ -56,6 +56,13 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
         raise SystemExit(f"sp24.bench: --l2-factor must be > 0, got {args.l2_factor}")
     args.out = Path(args.out)
     args.out.mkdir(parents=True, exist_ok=True)
+    cmd = getattr(args, "command", None)
+    if (args.device.type == "cpu" and not args.tiny and cmd in ("sparsify", "gemm", "ffn", "crossover")
+            and not getattr(args, "shape", None) and not getattr(args, "shapes", None)):
+        # the defaults are the GPU targets' shapes: (16384, 16384) alone takes ~1.5 min on 2 cores
+        print(f"sp24.bench {cmd}: running the GPU-sized default shapes on the CPU; this takes minutes. "
+              f"For a quick check of the pipeline use --tiny (its numbers are not for reporting).",
+              file=sys.stderr, flush=True)
     if args.device.type == "cuda":
         torch.cuda.set_device(args.device)
     return args
@@ -186,6 +193,9 @@ def write_outputs(args, command: str, doc: dict, plots: Iterable[tuple[str, Call
     validate_result(doc)
     (args.out / f"{command}.json").write_text(json.dumps(doc, indent=1, default=str) + "\n")
     (args.out / f"{command}.md").write_text(render_command(doc))
+    written = [args.out / f"{command}.json", args.out / f"{command}.md", *(args.out / f for f in doc["plots"])]
+    print(f"sp24.bench {command}: wrote {', '.join(str(w) for w in written)}"
+          + "".join(f", {d}" for d in doc.get("data_files", []) if Path(d) not in written))
     return doc
 
 

@@ -2,12 +2,12 @@
 (`sp24.relu2_ffn(..., sparse=True)`, automatic dense fallback off) against the dense FFN
 (`sp24.ffn.dense_relu2_ffn`, best of eager and torch.compile, same dtype), plus peak memory and
 the bytes autograd saves for backward. `sparse_auto` is sp24.relu2_ffn(sparse=True) as a user runs
-it, automatic dense fallback on: DESIGN's "never > 2% slower than dense at any T".
+it, automatic dense fallback on: docs/DESIGN.md's "never > 2% slower than dense at any T".
 
 "fwd" is an inference forward (torch.no_grad); "fwd_bwd" is a training step: forward with
 grad-requiring x, w1, w2, then torch.autograd.grad of all three (no .grad accumulation).
 
-DESIGN section 4 targets (H100, bf16, T=16384, d=4096, F=16384): fwd >= 1.25x, fwd+bwd >= 1.35x
+Targets of docs/DESIGN.md (H100, bf16, T=16384, d=4096, F=16384): fwd >= 1.25x, fwd+bwd >= 1.35x
 faster than dense; saved activation memory <= 0.6x dense; sparse_auto >= 0.98x dense at every T.
 """
 
@@ -23,7 +23,7 @@ import torch
 from . import common
 
 COMMAND = "ffn"
-SHAPES = [("design", 4096, 16384)]  # DESIGN.md section 4 main FFN shape
+SHAPES = [("design", 4096, 16384)]  # docs/DESIGN.md's main FFN shape ('Targets')
 TOKENS = [2048, 4096, 8192, 16384]
 TINY_SHAPES = [("tiny", 16, 32)]
 TINY_TOKENS = [16, 32]
@@ -139,7 +139,7 @@ def measure_case(args, impls, dense_compiled, d: int, F: int, T: int, dtype: tor
     pool = common.make_pool(make_set, (2 * T * d + 2 * F * d) * es, args)
     t = common.timer(args)
     base = {"model": label, "T": T, "d": d, "F": F, "dtype": dtname}
-    # FLOPs of the dense FFN: 2 GEMMs forward, 4 backward (DESIGN section 1).
+    # FLOPs of the dense FFN: 2 GEMMs forward, 4 backward (docs/DESIGN.md, 'The six GEMMs').
     flops = {"fwd": 2 * 2.0 * T * d * F, "fwd_bwd": 6 * 2.0 * T * d * F}
 
     impl_fns = []

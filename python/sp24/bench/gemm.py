@@ -2,7 +2,7 @@
 (torch.ops.sp24.sparse24_mm, and the prebuilt-buffer cuSPARSELt op when it exists) against cuBLAS
 dense (torch.mm) over T = 128 ... 65536.
 
-DESIGN section 4 target (H100, bf16): T=16384, F=16384, d=4096: >= 1.6x faster than dense.
+Target of docs/DESIGN.md, 'Targets' (H100, bf16): T=16384, F=16384, d=4096: >= 1.6x faster than dense.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ COMMAND = "gemm"
 SHAPES = [
     ("llama3-8b-like", 4096, 21504),   # Llama-3-8B: d=4096, SwiGLU hidden 14336 -> 14336*1.5
     ("llama3-70b-like", 8192, 43008),  # Llama-3-70B: d=8192, SwiGLU hidden 28672 -> 28672*1.5
-    ("design", 4096, 16384),           # DESIGN.md section 4 main shape
+    ("design", 4096, 16384),           # docs/DESIGN.md's main shape ('Targets')
 ]
 TOKENS = [128 << i for i in range(10)]  # 128 ... 65536
 TINY_SHAPES = [("tiny", 16, 32)]
@@ -32,7 +32,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser(COMMAND, help="2:4 GEMM vs cuBLAS dense", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_common_args(p)
-    p.add_argument("--shapes", default=None, help="d:F[,d:F...] (default: 8B-like, 70B-like, DESIGN)")
+    p.add_argument("--shapes", default=None, help="d:F[,d:F...] (default: 8B-like, 70B-like, docs/DESIGN.md's)")
     p.add_argument("--tokens", default=None, help="T list, e.g. 128,1024,16384 (default 128..65536)")
     p.set_defaults(func=run)
 

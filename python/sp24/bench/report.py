@@ -1,5 +1,5 @@
 """Markdown from bench result JSON: one table per result file (also written by each sub-command as
-<out>/<command>.md) and `python -m sp24.bench report RESULTS_DIR`: the DESIGN section 4 status
+<out>/<command>.md) and `python -m sp24.bench report RESULTS_DIR`: the targets status (docs/DESIGN.md, 'Targets')
 table plus every file's table, for bench/results/README.md."""
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def render_command(doc: dict) -> str:
     return "\n".join(out)
 
 
-# ---- DESIGN section 4 status ---------------------------------------------------------------------
+# ---- targets status (docs/DESIGN.md) -------------------------------------------------------------
 def _pick(docs, command, pred, key):
     """Values of `key` over the ok rows matching pred of the non-tiny `command` documents."""
     vals = [r[key] for d in docs if d["command"] == command and not d["meta"]["tiny"]
@@ -137,7 +137,7 @@ def status_table(docs: list[dict]) -> str:
         ok = v <= target if cmp == "<=" else v >= target
         rows.append([what, f"{cmp} {target}", f"{v:.2f}", "PASS" if ok else "FAIL"])
     gpus = sorted({d["meta"]["gpu"] for d in docs if not d["meta"]["tiny"]}) or ["-"]
-    return (f"### DESIGN section 4 status ({', '.join(gpus)}, bf16)\n\n"
+    return (f"### Targets of docs/DESIGN.md ({', '.join(gpus)}, bf16)\n\n"
             + table(["what", "target", "measured", "status"], rows))
 
 
@@ -173,4 +173,5 @@ def run(args) -> str:
     else:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
+        print(f"sp24.bench report: wrote {args.out}")
     return text

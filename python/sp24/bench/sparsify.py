@@ -1,6 +1,6 @@
 """`python -m sp24.bench sparsify`: each sparsify kernel against x.clone(), the bandwidth limit.
 
-DESIGN section 4 targets (H100, bf16, (16384, 16384)): fused relu2 + sparsify24 <= 1.2x clone;
+Targets (docs/DESIGN.md, 'Targets'; H100, bf16, (16384, 16384)): fused relu2 + sparsify24 <= 1.2x clone;
 fused sparsify-transpose with the 95/5 feature split <= 1.5x clone.
 sparse24_transposed_split95 (issue #4): the FFN backward's whole 95/5 feature split read straight
 from the compressed Y2 (2:4 along the tokens of the 95% + the dense transpose of the 5%), against the
@@ -16,7 +16,7 @@ import torch
 from . import common
 
 COMMAND = "sparsify"
-# (tokens, hidden): T=16384 tokens of an F=16384 FFN hidden layer, DESIGN's main shape.
+# (tokens, hidden): T=16384 tokens of an F=16384 FFN hidden layer, the main shape of docs/DESIGN.md.
 MAIN_SHAPE = (16384, 16384)
 TINY_SHAPE = (64, 128)
 DENSE_FRACTION = 0.05  # the 5% densest features skip the token-direction 2:4 (feature split)
