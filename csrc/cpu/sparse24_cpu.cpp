@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "sp24/params.h"
@@ -62,18 +63,32 @@ inline void select_and_store(const T (&a)[4], int algo, T* v, uint8_t* idx) {
   const uint32_t m = select_mask(static_cast<float>(a[0]), static_cast<float>(a[1]), static_cast<float>(a[2]),
                                  static_cast<float>(a[3]), algo);
   const uint8_t lo = kLoOf[m], hi = kHiOf[m];
-  // selects, not a[lo]: a dynamic index would keep the group in memory (a store-forwarding stall)
-  v[0] = lo == 0 ? a[0] : lo == 1 ? a[1] : lo == 2 ? a[2] : a[3];
-  v[1] = hi == 3 ? a[3] : hi == 2 ? a[2] : hi == 1 ? a[1] : a[0];
+  // Bit masks, not a[lo] (a dynamic index keeps the group in memory: a store-forwarding stall) nor
+  // conditionals (data-dependent branches): the kept values are copied bit for bit.
+  using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint16_t>;
+  Bits b[4], o0 = 0, o1 = 0;
+  std::memcpy(b, a, sizeof b);
+  for (int i = 0; i < 4; ++i) {
+    o0 |= b[i] & static_cast<Bits>(-static_cast<Bits>(lo == i));
+    o1 |= b[i] & static_cast<Bits>(-static_cast<Bits>(hi == i));
+  }
+  std::memcpy(v, &o0, sizeof o0);
+  std::memcpy(v + 1, &o1, sizeof o1);
   idx[0] = lo;
   idx[1] = hi;
 }
 
-// sp24::relu2 (sp24/select.h) bit for bit, written so that the compiler vectorises it (max, then a
-// multiply): a NaN is not < 0 and passes through as relu2 passes it; -0.0 squares to +0.0 as 0.0 does.
-// The selection-style form in select.h compiles to a data-dependent branch per element here.
+// sp24::relu2 (sp24/select.h) bit for bit, in integer operations that the compiler vectorises (GCC
+// keeps a data-dependent branch per element for any floating-point select form, measured): the
+// negative numbers -0.0 .. -inf (bits 0x80000000 .. 0xFF800000) become +0.0, everything else (a NaN
+// of either sign included) passes, then the same fp32 multiply as relu2.
 inline float relu2_cpu(float v) {
-  const float r = v < 0.f ? 0.f : v;
+  uint32_t b;
+  std::memcpy(&b, &v, sizeof b);
+  const uint32_t negative = (b - 0x80000000u) <= 0x7F800000u;
+  b &= negative - 1u;
+  float r;
+  std::memcpy(&r, &b, sizeof r);
   return r * r;
 }
 
