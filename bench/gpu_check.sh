@@ -1,147 +1,183 @@
 #!/usr/bin/env bash
-# One-shot GPU check for sp24 on a GPU machine without network (issue #3):
-#   build (CUDA, sm_90a, + compiled benchmarks) -> full test suite -> compute-sanitizer memcheck and
-#   racecheck on a small kernel-test subset -> golden cuSPARSELt buffers -> kernel benchmarks.
-# Everything lands in OUTDIR: one log per step, junit XML, benchmark JSON, env.json, summary.json.
-# Each step is time-boxed; a failing step is logged and the rest still run; the exit status is
-# non-zero if any step failed. Total well under 10 minutes on an H100.
+# The GPU check of sp24, sized to one 15-minute device window (bench/results/README.md, runbook):
 #
-#   bash bench/gpu_check.sh OUTDIR
+#   call 1 (<= 9 min including the build; run tool timeout_s 560):
+#     build (sm_90a only) -> the CUDA tests that decide correctness (pytest -m gpu: bit-exact
+#     kernels, GEMM, layout against cuSPARSELt, writers' checks, FFN on CUDA) -> golden cuSPARSELt
+#     buffers -> a small compute-sanitizer memcheck -> docs/DESIGN.md 'Targets' benchmarks at their headline
+#     shapes -> one summary table (pass/fail, numbers against targets): OUT/SUMMARY.md, printed last.
+#   call 2 (<= 4 min, if time is left; timeout_s 240):
+#     build (incremental when the machine is still warm) -> crossover (shortened) -> GPU demo
+#     (shortened) -> summary.
+#
+#   bash bench/gpu_check.sh [--call 1|2] OUTDIR     run
+#   bash bench/gpu_check.sh [--call 1|2] --plan     print the steps, time boxes and commands; run nothing
+#   bash bench/gpu_check.sh [--call 1|2] --dry-run OUTDIR
+#                                                   every step echoes its command instead of running it;
+#                                                   the bookkeeping and the summary renderer run for real
+#                                                   (CI runs this on a CPU machine)
+#
+# Every step has a time box, cut to what is left of the call's budget; a step with under 10 s left is
+# skipped (and counted as failed). A failing step is logged (OUT/<step>.log) and the rest still run.
+# The exit status is non-zero if any step failed.
 #
 # Environment (all optional):
-#   PYTHON                 interpreter with torch 2.11 cu130 (default: python3)
-#   TORCH_CUDA_ARCH_LIST   default 9.0a
-#   SP24_BUILD_BENCH       ON|OFF, build the compiled bench binaries (default ON)
-#   SP24_SKIP_BUILD=1      reuse the installed build
-#   SP24_SANITIZE_K        pytest -k expression for the memcheck subset
-#   SP24_RACECHECK_K       pytest -k expression for the racecheck subset
-#   SP24_CHECK_BUDGET      seconds for the whole script (default 570): each step's time box is
-#                          cut to what is left; a step with under 10 s left is skipped (failed)
-#   SP24_STEPS             run only these steps (space-separated names: build pytest memcheck
-#                          memcheck_cslt racecheck goldens bench_sparsify bench_gemm bench_ffn
-#                          bench_binaries); e.g. two device calls:
-#                          SP24_STEPS="build pytest memcheck memcheck_cslt racecheck goldens"
-#                          then SP24_STEPS="build bench_sparsify bench_gemm bench_ffn bench_binaries"
-#                          (each call starts on a fresh machine, so each builds)
+#   PYTHON               interpreter with torch 2.11 cu130 (default: python3)
+#   SP24_CHECK_BUDGET    seconds for the whole call (default 525 for call 1, 225 for call 2)
+#   SP24_BUILD_JOBS      parallel compile jobs (default: nproc)
+#   SP24_STEPS           run only these steps (space-separated names, see --plan)
+#   SP24_CUSPARSELT_LIB  path of another libcusparseLt.so.0 (e.g. the newest 0.8.x wheel's, same
+#                        SONAME): preloaded for every step after the build; the JSON records which one ran
 set -uo pipefail
 
-OUT=${1:?usage: bash bench/gpu_check.sh OUTDIR}
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
-cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-export PYTHONUNBUFFERED=1
-export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0a}
-export SP24_BUILD_BENCH=${SP24_BUILD_BENCH:-ON}
-export PATH="$PATH:/usr/local/cuda/bin"  # compute-sanitizer, ncu
+usage() { sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; }
 
+CALL=1
+MODE=run
+OUT=""
+while [ $# -gt 0 ]; do
+  case $1 in
+    --plan) MODE=plan ;;
+    --dry-run) MODE=dry ;;
+    --call) CALL=${2:-}; shift ;;
+    --call=*) CALL=${1#--call=} ;;
+    -h | --help) usage; exit 0 ;;
+    -*) echo "gpu_check.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
+    *) OUT=$1 ;;
+  esac
+  shift
+done
+if [ "$CALL" != 1 ] && [ "$CALL" != 2 ]; then
+  echo "gpu_check.sh: --call must be 1 or 2, got '$CALL'" >&2
+  exit 2
+fi
+if [ "$MODE" != plan ] && [ -z "$OUT" ]; then
+  echo "gpu_check.sh: OUTDIR missing" >&2
+  usage >&2
+  exit 2
+fi
+
+cd "$(dirname "$0")/.." || exit 2
+PY=${PYTHON:-python3}
+if [ "$CALL" = 1 ]; then BUDGET=${SP24_CHECK_BUDGET:-525}; else BUDGET=${SP24_CHECK_BUDGET:-225}; fi
+JOBS=${SP24_BUILD_JOBS:-$(nproc 2>/dev/null || echo 4)}
+OUTQ=${OUT:-OUT}
+
+# ---- the steps: name, time box (s), command ------------------------------------------------------
+# compute-sanitizer on a few small kernel cases (bf16 and fp32) and the cuSPARSELt layout writers
+# (a fresh process: each shape's first call runs the writer next to cuSPARSELt's compression); no
+# caching allocator, so an access past a tensor's end is caught instead of landing in a neighbour.
+MEMCHECK_K=${SP24_SANITIZE_K:-"(small and dtype2 and tie_free and not largest_abs and not subset95 and (17x36 or 64x256 or 100x65 or 68x136)) or (small and dtype0 and tie_free and 64x256 and not transposed and not largest_abs) or (small and dtype2 and (apply or to_dense)) or fused_writer or direct_writer or (cuda and 64x128 and randn)"}
+NAMES=()
+BOXES=()
+CMDS=()
+add() { NAMES+=("$1"); BOXES+=("$2"); CMDS+=("$3"); }
+
+BUILD="env SKBUILD_BUILD_DIR=build/gpu CMAKE_BUILD_PARALLEL_LEVEL=$JOBS SP24_CUDA=ON TORCH_CUDA_ARCH_LIST=9.0a \
+SP24_BUILD_BENCH=OFF $PY -m pip install --no-build-isolation --no-deps --no-index -v -e ."
+IMPORT="$PY -c 'import json, sp24, torch; i = sp24.build_info(); print(json.dumps(i, indent=2, default=str)); \
+assert i[\"with_cuda\"] and torch.cuda.is_available(), \"no CUDA build or no GPU\"'"
+if [ "$CALL" = 1 ]; then
+  add build 140 "$BUILD"
+  add import 15 "$IMPORT"
+  add tests 140 "$PY -m pytest tests -m gpu -q -ra -p no:cacheprovider --maxfail=25 --junitxml=$OUTQ/junit.xml"
+  add goldens 25 "$PY bench/capture_goldens.py --out $OUTQ/goldens"
+  add memcheck 50 "env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 99 \
+--print-limit 50 $PY -m pytest tests/test_gpu_kernels.py tests/test_sparsify_cslt.py tests/test_gpu_gemm.py -q \
+-p no:cacheprovider -k '$MEMCHECK_K'"
+  add bench_sparsify 35 "$PY -m sp24.bench sparsify --out $OUTQ --no-progress --reps 30 --warmup 5"
+  add bench_gemm 40 "$PY -m sp24.bench gemm --out $OUTQ --no-progress --shapes 4096:16384 --tokens 16384 --bias --reps 30 --warmup 5"
+  add bench_ffn 80 "$PY -m sp24.bench ffn --out $OUTQ --no-progress --shapes 4096:16384 --tokens 16384 --reps 20 --warmup 5"
+else
+  add build 120 "$BUILD"
+  add import 15 "$IMPORT"
+  add crossover 55 "$PY -m sp24.bench crossover --out $OUTQ --no-progress --shapes 4096:16384 --dtypes bfloat16 \
+--tokens 256,1024,4096,16384 --compile off --reps 10 --warmup 3"
+  add demo 35 "$PY -m sp24.demo --config gpu --out $OUTQ/demo_gpu --steps 60"
+fi
+
+if [ "$MODE" = plan ]; then
+  total=0
+  echo "gpu_check.sh call $CALL: budget ${BUDGET}s; steps in order (time box, command):"
+  for i in "${!NAMES[@]}"; do
+    printf '  %-15s %4ss  %s\n' "${NAMES[$i]}" "${BOXES[$i]}" "${CMDS[$i]}"
+    total=$((total + BOXES[i]))
+  done
+  echo "  sum of time boxes: ${total}s (each box is cut to what is left of ${BUDGET}s); then: $PY -m sp24.bench summary $OUTQ"
+  exit 0
+fi
+
+mkdir -p "$OUT" || exit 2
+OUT=$(cd "$OUT" && pwd)
+export PYTHONUNBUFFERED=1
+export PATH="$PATH:/usr/local/cuda/bin"  # compute-sanitizer
 failed=()
 steps_json=""
 T0=$(date +%s)
-DEADLINE=$((T0 + ${SP24_CHECK_BUDGET:-570}))
+DEADLINE=$((T0 + BUDGET))
 
-# step NAME TIMEOUT_S CMD...: runs CMD with a time box, output to $OUT/NAME.log.
-step() {
-  local name=$1 limit=$2
-  shift 2
+# run_step NAME BOX CMD: time-boxed, output to $OUT/NAME.log, recorded in summary.json
+run_step() {
+  local name=$1 limit=$2 cmd=$3 t left rc dt
   if [ -n "${SP24_STEPS:-}" ] && [[ " $SP24_STEPS " != *" $name "* ]]; then
     echo "== [$name] not selected (SP24_STEPS)"
     return
   fi
-  local t=$(date +%s)
-  local left=$((DEADLINE - t))
-  [ $left -lt $limit ] && limit=$left
-  if [ $limit -lt 10 ]; then
-    echo "== [$name] SKIPPED: the script's time budget is spent"
+  t=$(date +%s)
+  left=$((DEADLINE - t))
+  [ "$left" -lt "$limit" ] && limit=$left
+  if [ "$limit" -lt 10 ]; then
+    echo "== [$name] SKIPPED: the call's budget (${BUDGET}s) is spent"
     failed+=("$name")
-    steps_json="${steps_json}${steps_json:+,}{\"step\":\"$name\",\"rc\":-1,\"seconds\":0}"
+    steps_json="${steps_json}${steps_json:+,}{\"step\":\"$name\",\"rc\":-1,\"seconds\":0,\"box\":$2}"
     return
   fi
-  echo "== [$name] $* (time box ${limit}s)"
-  timeout --kill-after=10 "$limit" "$@" >"$OUT/$name.log" 2>&1
-  local rc=$?
-  local dt=$(($(date +%s) - t))
-  if [ $rc -ne 0 ]; then
+  echo "== [$name] (time box ${limit}s) $cmd"
+  if [ "$MODE" = dry ]; then
+    echo "[dry-run] $cmd" >"$OUT/$name.log"
+    rc=0
+  else
+    # the command line is this script's own text (see the table above), not outside input
+    timeout --kill-after=10 "$limit" bash -c "$cmd" >"$OUT/$name.log" 2>&1
+    rc=$?
+  fi
+  dt=$(($(date +%s) - t))
+  if [ "$rc" -ne 0 ]; then
     failed+=("$name")
     echo "   FAILED rc=$rc after ${dt}s (last lines of $OUT/$name.log):"
-    tail -n 15 "$OUT/$name.log" | sed 's/^/   | /'
+    tail -n 12 "$OUT/$name.log" | sed 's/^/   | /'
   else
     echo "   ok (${dt}s)"
   fi
-  steps_json="${steps_json}${steps_json:+,}{\"step\":\"$name\",\"rc\":$rc,\"seconds\":$dt}"
+  steps_json="${steps_json}${steps_json:+,}{\"step\":\"$name\",\"rc\":$rc,\"seconds\":$dt,\"box\":$2}"
 }
 
-# ---- environment -------------------------------------------------------------------------------
-"$PY" - "$OUT/env.json" <<'EOF' || failed+=("env")
-import json, subprocess, sys, platform
-def run(*cmd):
-    try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=60).stdout.strip()
-    except Exception as e:  # tool missing
-        return f"unavailable: {e}"
-info = {
-    "python": sys.version.split()[0],
-    "platform": platform.platform(),
-    "git_commit": run("git", "rev-parse", "HEAD"),
-    "git_dirty": bool(run("git", "status", "--porcelain")),
-    "nvidia_smi": run("nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm", "--format=csv,noheader"),
-    "nvcc": run("nvcc", "--version").splitlines()[-1:] ,
-    "compute_sanitizer": run("compute-sanitizer", "--version").splitlines()[-1:],
-}
-try:
-    import torch
-    info.update(torch=torch.__version__, torch_cuda=torch.version.cuda,
-                gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-                cusparselt_runtime=torch.backends.cusparselt.version() if torch.backends.cusparselt.is_available() else None)
-except Exception as e:
-    info["torch_error"] = repr(e)
-json.dump(info, open(sys.argv[1], "w"), indent=2)
-print(json.dumps(info, indent=2))
-EOF
+# ---- environment ---------------------------------------------------------------------------------
+{
+  echo "{\"call\": $CALL, \"dry_run\": $([ "$MODE" = dry ] && echo true || echo false),"
+  echo " \"git_commit\": \"$(git rev-parse HEAD 2>/dev/null || echo unknown)\","
+  echo " \"nvidia_smi\": \"$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -n 1)\","
+  echo " \"nproc\": $(nproc 2>/dev/null || echo 0)}"
+} >"$OUT/env.json"
 
-# ---- build -------------------------------------------------------------------------------------
-if [ "${SP24_SKIP_BUILD:-0}" != "1" ]; then
-  step build 240 env SKBUILD_BUILD_DIR=build/gpu "$PY" -m pip install --no-build-isolation --no-deps --no-index -v -e .
-fi
-"$PY" -c "import json, sp24; print(json.dumps(sp24.build_info(), indent=2, default=str))" >"$OUT/build_info.json" 2>&1 \
-  || failed+=("import")
-
-# ---- tests -------------------------------------------------------------------------------------
-step pytest 240 "$PY" -m pytest tests --maxfail=30 -q -ra --junitxml="$OUT/junit.xml"
-
-# compute-sanitizer on a small subset of the kernel tests (ids containing "small"; fp32 (dtype0:
-# two 16-byte chunks per vector) and bf16 (dtype2) for memcheck, bf16 only and fewer inputs for
-# the much slower racecheck).
-MEMCHECK_K=${SP24_SANITIZE_K:-"small and not dtype1 and not randn and not tie_heavy"}
-RACECHECK_K=${SP24_RACECHECK_K:-"small and not dtype0 and not dtype1 and not tie_heavy and not randn and not largest_abs"}
-# No caching allocator under the sanitizer: every tensor is its own allocation, so an access past
-# a tensor's end is caught instead of landing in a cached neighbour.
-step memcheck 120 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 99 --print-limit 50 \
-  "$PY" -m pytest tests/test_gpu_kernels.py -x -q -p no:cacheprovider -k "$MEMCHECK_K"
-# the cuSPARSELt layout writers (the pack kernel and sparsify24_cslt's fused stores): a fresh process,
-# so each shape's first call runs the writer next to cuSPARSELt's compression
-step memcheck_cslt 90 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 99 --print-limit 50 \
-  "$PY" -m pytest tests/test_sparsify_cslt.py tests/test_gpu_gemm.py -q -p no:cacheprovider \
-  -k "fused_writer or direct_writer or (cuda and 64x128 and randn)"
-step racecheck 100 compute-sanitizer --tool racecheck --racecheck-report all --error-exitcode 99 --print-limit 50 \
-  "$PY" -m pytest tests/test_gpu_kernels.py -x -q -p no:cacheprovider -k "$RACECHECK_K"
-
-# ---- golden cuSPARSELt buffers (.npz of plain arrays + .json, never pickles) --------------------
-step goldens 60 "$PY" bench/capture_goldens.py --out "$OUT/goldens"
-
-# ---- benchmarks (python -m sp24.bench, and the compiled binaries when they were built) ----------
-step bench_sparsify 90 "$PY" -m sp24.bench sparsify --out "$OUT"
-step bench_gemm 90 "$PY" -m sp24.bench gemm --out "$OUT"
-step bench_ffn 120 "$PY" -m sp24.bench ffn --out "$OUT"
-if [ "$SP24_BUILD_BENCH" = "ON" ]; then
-  step bench_binaries 60 "$PY" -m sp24.bench binaries --out "$OUT"
+for i in "${!NAMES[@]}"; do
+  if [ "${NAMES[$i]}" = import ] && [ -n "${SP24_CUSPARSELT_LIB:-}" ]; then
+    export LD_PRELOAD="${SP24_CUSPARSELT_LIB}${LD_PRELOAD:+:$LD_PRELOAD}"
+    echo "== LD_PRELOAD=$LD_PRELOAD (another cuSPARSELt for every step from here on)"
+  fi
+  run_step "${NAMES[$i]}" "${BOXES[$i]}" "${CMDS[$i]}"
+done
+if [ "$CALL" = 2 ] && [ "$MODE" = run ] && [ -f python/sp24/data/crossover.json ]; then
+  cp -f python/sp24/data/crossover.json "$OUT/" 2>/dev/null || true
 fi
 
-# ---- summary -----------------------------------------------------------------------------------
+# ---- summary -------------------------------------------------------------------------------------
 total=$(($(date +%s) - T0))
-fail_json=$(printf '"%s",' "${failed[@]+"${failed[@]}"}")
-fail_json="[${fail_json%,}]"
-[ "$fail_json" = '[""]' ] && fail_json="[]"
-echo "{\"steps\":[${steps_json}],\"failed\":${fail_json},\"total_seconds\":${total}}" >"$OUT/summary.json"
-echo "== total ${total}s; failed: ${failed[*]:-none}; logs and JSON in $OUT"
+fail_json=""
+for f in "${failed[@]+"${failed[@]}"}"; do fail_json="${fail_json}${fail_json:+,}\"$f\""; done
+echo "{\"call\":$CALL,\"budget_seconds\":$BUDGET,\"steps\":[${steps_json}],\"failed\":[${fail_json}],\"total_seconds\":${total}}" \
+  >"$OUT/summary.json"
+"$PY" -m sp24.bench summary "$OUT" --out "$OUT/SUMMARY.md" || { echo "(summary renderer failed; raw: $OUT/summary.json)"; failed+=("summary"); }
+[ -f "$OUT/SUMMARY.md" ] && cat "$OUT/SUMMARY.md"
+echo "== call $CALL: ${total}s of ${BUDGET}s; failed: ${failed[*]:-none}; logs and JSON in $OUT"
 [ ${#failed[@]} -eq 0 ]

@@ -4,10 +4,14 @@
 // clash between pip's pybind11 and the copy torch bundles.
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
+#include "sp24/cslt_identity.h"
 #include "sp24/cslt_layout.h"
+#include "sp24/grid.h"
 #include "sp24_build_config.h"
 
 #ifdef SP24_WITH_CUDA
@@ -63,6 +67,27 @@ PYBIND11_MODULE(_C, m) {
 #endif
     return out;
   });
+  // The CUDA launchers' grids and shared tile layout (sp24/grid.h), plain host code: the shape limits
+  // and the bank conflicts are tested without a GPU (tests/test_grid_limits.py).
+  m.def("launch_grid", [](const std::string& kernel, int64_t rows, int64_t cols) {
+    sp24::TileGrid g;
+    if (kernel == "sparsify24") {
+      g = sp24::sparsify24_grid(rows, cols);
+    } else if (kernel == "transposed") {
+      g = sp24::transposed_grid(rows, cols);
+    } else {
+      throw std::invalid_argument("sp24._C.launch_grid: kernel must be 'sparsify24' or 'transposed', got '" + kernel + "'");
+    }
+    py::dict d;
+    d["x"] = g.x;
+    d["y"] = g.y;
+    d["fast"] = g.fast;
+    d["tiles"] = g.tiles;
+    d["fits"] = g.fits;
+    return d;
+  }, py::arg("kernel"), py::arg("rows"), py::arg("cols"));
+  m.def("tile_offset", &sp24::tile_offset, py::arg("elem_size"), py::arg("t"), py::arg("c"));
+  m.def("tile_elems", &sp24::tile_elems, py::arg("elem_size"));
   // Host run of the direct writer's metadata function (the CUDA kernel is a grid-stride loop over
   // it), so that a machine without a GPU can check it against sp24.reference.cslt_layout.
   m.def("cslt_meta_host", [](py::bytes indices, int64_t M, int64_t K) {
@@ -76,4 +101,67 @@ PYBIND11_MODULE(_C, m) {
     }
     return py::bytes(meta);
   }, py::arg("indices"), py::arg("M"), py::arg("K"));
+  // The 8 identity words of a GEMM-ready buffer made on `device_type` ("cpu" or "cuda") with
+  // device index `device_index`, for a 2:4 (m, k) operand of `dtype` ("float16" / "bfloat16").
+  m.def("cslt_identity", [](const std::string& device_type, int device_index, int64_t m, int64_t k,
+                            const std::string& dtype) {
+    sp24::CsltIdentity id;
+    id.m = m;
+    id.k = k;
+    if (dtype == "float16") {
+      id.dtype = 1;
+    } else if (dtype == "bfloat16") {
+      id.dtype = 2;
+    } else {
+      throw std::invalid_argument("sp24._C.cslt_identity: dtype must be float16 or bfloat16, got " + dtype);
+    }
+    if (device_type == "cpu") {
+      id.kind = sp24::kLayoutCpuPacking;
+    } else if (device_type == "cuda") {
+#ifdef SP24_WITH_CUDA
+      id.kind = sp24::kLayoutCusparselt;
+      id.cslt_version = sp24::cslt::runtime_version();
+      id.arch = sp24::cslt::device_arch(device_index);
+#else
+      throw std::invalid_argument("sp24._C.cslt_identity: this build has no CUDA kernels");
+#endif
+    } else {
+      throw std::invalid_argument("sp24._C.cslt_identity: no GEMM-ready buffer layout for device " + device_type);
+    }
+    int64_t w[sp24::kCsltIdentityWords];
+    id.to_words(w);
+    py::list out;
+    for (int64_t v : w) out.append(v);
+    return out;
+  }, py::arg("device_type"), py::arg("device_index"), py::arg("m"), py::arg("k"), py::arg("dtype"));
+  // The cuSPARSELt statuses that make sparse24_mm fall back to the dense GEMM (every other one raises).
+  m.def("cslt_fallback_statuses", []() {
+    py::list out;
+#ifdef SP24_WITH_CUDA
+    std::vector<std::string> names;
+    for (int s = 0; s <= 32; ++s) {
+      if (!sp24::cslt::is_unsupported(s)) continue;
+      const char* n = cusparseLtGetErrorName(static_cast<cusparseStatus_t>(s));
+      names.push_back(n ? n : std::to_string(s));
+    }
+    std::sort(names.begin(), names.end());
+    for (const auto& n : names) out.append(n);
+#endif
+    return out;
+  });
+  // cuSPARSELt versions (major*1000 + minor*100 + patch): the headers sp24 was compiled against and
+  // the library the loader resolved (no GPU needed), and the mismatch message ("" if usable).
+  m.def("cslt_versions", []() {
+    py::dict d;
+#ifdef SP24_WITH_CUDA
+    d["header"] = sp24::cslt::header_version();
+    d["runtime"] = sp24::cslt::runtime_version();
+    d["mismatch"] = sp24::cslt::version_mismatch();
+#else
+    d["header"] = py::none();
+    d["runtime"] = py::none();
+    d["mismatch"] = "this build has no CUDA kernels";
+#endif
+    return d;
+  });
 }

@@ -30,11 +30,16 @@ TORCH_LIBRARY(sp24, m) {
   m.def("sparsify24_cslt(Tensor x, str algo=\"largest\", str? activation=None, bool with_counts=False)"
         " -> (Tensor compressed, Tensor indices, Tensor counts)");
   // A @ b (+ bias) from that buffer: (m, N), or its transpose (N, m) when transpose_result.
+  // out_dtype: b.dtype or None (cuSPARSELt pairs 16-bit inputs only with their own type).
+  // identity: the CPU int64 (8,) tensor made with the buffer (sp24/cslt_identity.h); when given,
+  // a buffer of another layout, (m, k), dtype, cuSPARSELt version or GPU architecture is refused.
   m.def("sparse24_cslt_mm(Tensor compressed, SymInt m, SymInt k, Tensor b, Tensor? bias=None,"
-        " ScalarType? out_dtype=None, bool transpose_result=False) -> Tensor");
+        " ScalarType? out_dtype=None, bool transpose_result=False, Tensor? identity=None) -> Tensor");
   // issue #4: the FFN backward's feature split straight from a row-wise 2:4 A (T, F) given as
   // values/indices (T, F/2): (tvalues, tindices) = sparsify24_transposed(A, algo, sparse_cols)
   // (Cs, T/2) and dense_t = A[:, dense_cols].T (Cd, T), without materialising the dense A.
+  // check_columns=False skips the column range check where it costs a host sync (CUDA): for sp24's
+  // own feature split, a permutation of range(F) by construction; the CUDA kernel still clamps ids.
   m.def("sparse24_transposed_split(Tensor values, Tensor indices, Tensor sparse_cols, Tensor dense_cols,"
-        " str algo=\"largest_abs\") -> (Tensor tvalues, Tensor tindices, Tensor dense_t)");
+        " str algo=\"largest_abs\", bool check_columns=True) -> (Tensor tvalues, Tensor tindices, Tensor dense_t)");
 }

@@ -6,12 +6,15 @@
 #   bash scripts/dev.sh demo [demo args]     # the main job (python -m sp24.demo)
 #   bash scripts/dev.sh check                # python -m sp24: build info + every op vs the oracle
 #   bash scripts/dev.sh build                # only (re)build
+#   bash scripts/dev.sh emu [pytest args]    # the CUDA kernels run on the CPU under ASan + UBSan, bit for
+#                                            # bit against the CPU kernels (scripts/emu.sh; no GPU needed)
+#   bash scripts/dev.sh emu-plant [NAME ...] # plants known bugs in a temp copy; the lane must fail on each
 #
 # Environment:
 #   SP24_VENV   venv folder (default .venv)
 #   SP24_TORCH  torch requirement (default torch==2.13.0, a CPU build; torch==2.11.0 is the CUDA one)
 #   SP24_CUDA   AUTO|ON|OFF for the build (default AUTO: CUDA kernels iff torch is a CUDA build + nvcc)
-#   TORCH_CUDA_ARCH_LIST  CUDA archs (default 8.0;9.0a)
+#   TORCH_CUDA_ARCH_LIST  CUDA archs (default 8.0;9.0a;10.0;11.0;12.0+PTX)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,8 +22,8 @@ VENV=${SP24_VENV:-.venv}
 TORCH_REQ=${SP24_TORCH:-torch==2.13.0}
 what=${1:-test}
 shift || true
-case "$what" in test|demo|check|build) ;; *)
-  echo "usage: bash scripts/dev.sh {test|demo|check|build} [args]" >&2; exit 2 ;;
+case "$what" in test|demo|check|build|emu|emu-plant) ;; *)
+  echo "usage: bash scripts/dev.sh {test|demo|check|build|emu|emu-plant} [args]" >&2; exit 2 ;;
 esac
 
 # One line per stage on stderr, with the time since the start: the first run spends minutes in
@@ -35,14 +38,17 @@ else
   stage "venv: using $VENV"
 fi
 PY="$VENV/bin/python"
+# the test extra's Hugging Face packages (tests/test_hf.py), pinned for reproducible runs
+HF_REQS="transformers==5.24.0 peft==0.21.2"
 stamp="$VENV/.sp24-deps"
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$TORCH_REQ" ]; then
-  stage "deps: installing $TORCH_REQ and the build/test tools into $VENV (first time only; about a minute for the CPU torch)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$TORCH_REQ $HF_REQS" ]; then
+  stage "deps: installing $TORCH_REQ, the build/test tools and the test extra ($HF_REQS) into $VENV (first time only; about a minute for the CPU torch)"
+  # shellcheck disable=SC2086  # HF_REQS is a list of requirements
   "$PY" -m pip install -q --disable-pip-version-check "$TORCH_REQ" numpy pytest hypothesis expecttest \
-    scikit-build-core pybind11 cmake ninja matplotlib tqdm
-  echo "$TORCH_REQ" > "$stamp"
+    scikit-build-core pybind11 cmake ninja matplotlib tqdm $HF_REQS
+  echo "$TORCH_REQ $HF_REQS" > "$stamp"
 else
-  stage "deps: $TORCH_REQ and the tools already installed in $VENV"
+  stage "deps: $TORCH_REQ, the tools and the test extra already installed in $VENV"
 fi
 
 build() {
@@ -57,4 +63,6 @@ case "$what" in
   test) build; stage "run: python -m pytest -q $*"; "$PY" -m pytest -q "$@" ;;
   check) build; stage "run: python -m sp24 $*"; "$PY" -m sp24 "$@" ;;
   demo) build; stage "run: python -m sp24.demo $*"; "$PY" -m sp24.demo "$@" ;;
+  emu) build; stage "run: bash scripts/emu.sh"; bash scripts/emu.sh "$PY" "$@" ;;
+  emu-plant) build; stage "run: scripts/emu_plant.py"; "$PY" scripts/emu_plant.py "$PY" "$@" ;;
 esac

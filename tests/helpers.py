@@ -54,34 +54,45 @@ def randn(M: int, K: int, dtype: torch.dtype, seed: int, device="cpu") -> torch.
     return torch.randn(M, K, generator=gen(seed)).to(dtype).to(device)
 
 
+# (exponent mask, mantissa mask, sign bit, smallest subnormal) of each dtype's bits
+_FLOAT_BITS = {torch.float32: (0x7F800000, 0x007FFFFF, -0x80000000, 1.0e-45),
+               torch.float16: (0x7C00, 0x03FF, -0x8000, 6.0e-8),
+               torch.bfloat16: (0x7F80, 0x007F, -0x8000, 1.0e-40)}
+
+
 def special(M: int, K: int, dtype: torch.dtype, seed: int, device="cpu") -> torch.Tensor:
-    """Random values sprinkled with NaN, +-Inf and -0.0."""
+    """Random values sprinkled with NaNs of random sign and payload (quiet and signalling), +-Inf,
+    -0.0 and subnormals."""
     g = gen(seed)
     x = torch.randn(M, K, generator=g)
     r = torch.rand(M, K, generator=g)
-    x[r < 0.08] = float("nan")
     x[(r >= 0.08) & (r < 0.14)] = float("inf")
     x[(r >= 0.14) & (r < 0.20)] = float("-inf")
     x[(r >= 0.20) & (r < 0.30)] = -0.0
-    return x.to(dtype).to(device)
+    expo, mant, sign, tiny = _FLOAT_BITS[dtype]
+    sub = (r >= 0.30) & (r < 0.34)
+    x[sub] = torch.randint(-3, 4, (int(sub.sum()),), generator=g).float() * tiny  # subnormal (or 0)
+    x = x.to(dtype)
+    nan = r < 0.08
+    iv = INT_VIEW[dtype]
+    payload = torch.randint(1, mant + 1, (M, K), generator=g)
+    bits = (expo | payload) + torch.where(torch.rand(M, K, generator=g) < 0.5, sign, 0)
+    return torch.where(nan, bits.to(iv), x.view(iv)).view(dtype).to(device)
 
 
 def assert_bits_equal(actual: torch.Tensor, expected: torch.Tensor, what: str = "") -> None:
-    """Exact equality of the bits; NaNs must be at the same positions (their payload may differ
-    only where an arithmetic op produced them)."""
+    """Exact equality of every bit, NaNs included: a NaN that is only selected keeps its payload and
+    sign, a NaN made by arithmetic is the canonical one (sp24.reference.NAN_BITS) on every backend."""
     assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
     assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
     a, e = actual.detach().cpu(), expected.detach().cpu()
     if not a.is_floating_point():
         assert torch.equal(a, e), f"{what}: tensors differ"
         return
-    an, en = a.isnan(), e.isnan()
-    assert torch.equal(an, en), f"{what}: NaN positions differ"
     iv = INT_VIEW[a.dtype]
-    ai = a.contiguous().view(iv)[~an]
-    ei = e.contiguous().view(iv)[~en]
-    bad = (ai != ei).nonzero()
-    assert bad.numel() == 0, f"{what}: {bad.numel()} elements differ in their bits"
+    bad = (a.contiguous().view(iv) != e.contiguous().view(iv)).nonzero()
+    assert bad.numel() == 0, (f"{what}: {bad.size(0)} elements differ in their bits, first at "
+                              f"{tuple(bad[0].tolist())}: {a[tuple(bad[0])].item()} vs {e[tuple(bad[0])].item()}")
 
 
 def assert_2to4_invariants(indices: torch.Tensor) -> None:

@@ -70,7 +70,7 @@ CASES = [
     (lambda: sp24.sparsify24([[1.0, 2.0, 3.0, 4.0]]), TypeError,
      "sp24.sparsify24: x must be a torch.Tensor, got list"),
     (lambda: sp24.Sp24Tensor(vals, idx[:2]), ValueError,
-     "sp24.Sp24Tensor: values and indices must be 2-D with the same shape (M, K/2), got (4, 4) and (2, 4)"),
+     "sp24.Sp24Tensor: values and indices must have the same shape (..., K/2), at least 1-D, got (4, 4) and (2, 4)"),
     (lambda: torch.randn(2, 4) @ sp24.sparsify24(x8), TypeError,
      "sp24.Sp24Tensor: dense @ Sp24Tensor is not supported"),
     # issue #4: sparse24_transposed_split (vals/idx: a (4, 8) 2:4 matrix)

@@ -64,22 +64,16 @@ def test_cslt_compress_cpu_is_reference_pack():
 @pytest.mark.parametrize("b_layout", ["row", "col"])
 @pytest.mark.parametrize("transpose_result", [False, True])
 @pytest.mark.parametrize("with_bias", [False, True])
-@pytest.mark.parametrize("out_dtype", [None, torch.float32])
+@pytest.mark.parametrize("out_dtype", [None, "same"])
 def test_cslt_mm_exact_on_integers(device, dtype, b_layout, transpose_result, with_bias, out_dtype):
+    out_dtype = dtype if out_dtype == "same" else None
     M, K, N = 64, 128, 48
     v, i = int_sparse(M, K, dtype, seed=3)
     b = int_dense(K, N, dtype, seed=4) if b_layout == "row" else int_dense(N, K, dtype, seed=4).t()
     bias = int_dense(1, N, dtype, seed=5).reshape(N) if with_bias else None
     buf = _ops.cslt_compress(v.to(device), i.to(device))
-    try:
-        out = _ops.cslt_mm(buf, M, K, b.to(device), None if bias is None else bias.to(device), out_dtype,
-                           transpose_result)
-    except ValueError as e:
-        # Not verified on a GPU yet: whether cuSPARSELt 0.8 takes fp32 output for 16-bit inputs.
-        # sparse24_mm falls back to a dense GEMM there; cslt_mm says so clearly.
-        if device == "cuda" and out_dtype == torch.float32 and "cannot serve" in str(e):
-            pytest.skip(f"cuSPARSELt refuses float32 output here: {e}")
-        raise
+    out = _ops.cslt_mm(buf, M, K, b.to(device), None if bias is None else bias.to(device), out_dtype,
+                       transpose_result)
     expected = reference.cslt_mm(v, i, b, bias, out_dtype, transpose_result)
     assert out.shape == expected.shape and out.is_contiguous()
     assert_bits_equal(out, expected, "cslt_mm")
@@ -110,7 +104,10 @@ def test_cslt_mm_meta_shapes():
     b = torch.empty(32, 48, dtype=torch.bfloat16, device="meta")
     assert _ops.cslt_mm(buf, 16, 32, b).shape == (16, 48)
     assert _ops.cslt_mm(buf, 16, 32, b, transpose_result=True).shape == (48, 16)
-    assert _ops.cslt_mm(buf, 16, 32, b, out_dtype=torch.float32).dtype == torch.float32
+    # float32 output from 16-bit inputs is refused on every device, Meta included (issue 10)
+    with pytest.raises(ValueError, match=r"sp24.sparse24_cslt_mm: out_dtype must be b.dtype \(torch.bfloat16\) or "
+                                         r"None, got torch.float32"):
+        _ops.cslt_mm(buf, 16, 32, b, out_dtype=torch.float32)
 
 
 # ---- sparse24_mm on CUDA ---------------------------------------------------------------------------
@@ -302,8 +299,8 @@ print("OK")
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", LOWP)
 def test_sparse24_mm_cuda_float32_out(dtype):
-    # out_dtype=float32 from 16-bit inputs: cuSPARSELt may refuse it (then the dense fallback runs);
-    # either way the result must be the fp32 reference, with no rounding to 16 bits.
+    # out_dtype=float32 from 16-bit inputs: refused statically for cuSPARSELt, so the dense fallback
+    # runs (fp32 accumulation, one rounding); the result is the fp32 reference, no rounding to 16 bits.
     M, K, N = 64, 128, 32
     v, i = int_sparse(M, K, dtype, seed=31)
     b = torch.randn(K, N, generator=gen(32)).to(dtype)

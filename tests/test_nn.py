@@ -61,17 +61,26 @@ def test_track_stats(sparse):
 
 
 def test_dense_warmup():
-    model = nn.Sequential(sp24.nn.ReLU2FFN(8, 16, sparse=True), sp24.nn.ReLU2FFN(8, 16, sparse=True))
+    model = nn.Sequential(sp24.nn.ReLU2FFN(8, 16), sp24.nn.ReLU2FFN(8, 16))
     warm = sp24.nn.DenseWarmup(model, steps=3)
     assert not model[0].sparse and not model[1].sparse  # warm-up starts dense
     assert [warm.step() for _ in range(4)] == [False, False, True, True]
     assert model[0].sparse and model[1].sparse
+    sp24.nn.set_sparse(model, False)
     resumed = sp24.nn.DenseWarmup(model, steps=3)
     resumed.load_state_dict({"steps": 3, "count": 1, "done": False})
     assert not model[0].sparse and resumed.step() is False and resumed.step() is True and model[1].sparse
-    assert sp24.nn.DenseWarmup(model, steps=0).done and model[0].sparse
+    assert sp24.nn.DenseWarmup(nn.Sequential(sp24.nn.ReLU2FFN(8, 16)), steps=0).done
     with pytest.raises(ValueError, match="steps must be >= 0, got -1"):
         sp24.nn.DenseWarmup(model, steps=-1)
+
+
+def test_dense_warmup_does_not_reset_a_sparse_model():
+    # issue #11: a model loaded sparse from a checkpoint resumes sparse
+    model = nn.Sequential(sp24.nn.ReLU2FFN(8, 16), sp24.nn.ReLU2FFN(8, 16))
+    sp24.nn.set_sparse(model, True)
+    warm = sp24.nn.DenseWarmup(model, steps=1000)
+    assert model[0].sparse and model[1].sparse and warm.done and warm.count == 1000 and warm.step()
 
 
 class SquaredReLU(nn.Module):  # another library's spelling

@@ -36,7 +36,7 @@ def test_matches_sparsify_then_compress(device, dtype, shape, kind, activation, 
     assert torch.equal(idx, i) and torch.equal(cnt, c)
     assert_bits_equal(_ops.values_of(buf, M, K, dtype), v)
     assert torch.equal(buf, _ops.cslt_compress(v, i))
-    if device == "cpu":  # and the oracle (a NaN made by relu2 may carry another payload: values by bits)
+    if device == "cpu":  # and the oracle, bit for bit (a NaN made by relu2 is the canonical one)
         rb, ri, rc = reference.sparsify24_cslt(x, algo, activation, counts)
         nv = M * K // 2 * 2
         assert_bits_equal(_ops.values_of(buf, M, K, dtype), _ops.values_of(rb, M, K, dtype))

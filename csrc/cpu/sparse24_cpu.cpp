@@ -57,6 +57,17 @@ inline uint32_t select_mask(float a0, float a1, float a2, float a3, int algo) {
 constexpr uint8_t kLoOf[16] = {3, 0, 1, 0, 2, 0, 1, 0, 3, 0, 1, 0, 2, 0, 1, 0};
 constexpr uint8_t kHiOf[16] = {0, 0, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3};
 
+// fp32 -> T, rounded to nearest even once; a NaN becomes the canonical NaN of T (sp24/select.h):
+// c10's casts would write 0x7E00 (fp16) / 0x7FC0 (bf16), the GPU writes 0x7FFF.
+template <typename T>
+inline T round_to(float v) {
+  if constexpr (std::is_same_v<T, float>) {
+    return is_nan(v) ? canonical_nan() : v;
+  } else {
+    return is_nan(v) ? T(kNanBits16, T::from_bits()) : static_cast<T>(v);
+  }
+}
+
 // Select the kept pair of one group of 4 (as stored in T) and write its values and indices.
 template <typename T>
 inline void select_and_store(const T (&a)[4], int algo, T* v, uint8_t* idx) {
@@ -80,8 +91,9 @@ inline void select_and_store(const T (&a)[4], int algo, T* v, uint8_t* idx) {
 
 // sp24::relu2 (sp24/select.h) bit for bit, in integer operations that the compiler vectorises (GCC
 // keeps a data-dependent branch per element for any floating-point select form, measured): the
-// negative numbers -0.0 .. -inf (bits 0x80000000 .. 0xFF800000) become +0.0, everything else (a NaN
-// of either sign included) passes, then the same fp32 multiply as relu2.
+// negative numbers -0.0 .. -inf (bits 0x80000000 .. 0xFF800000) become +0.0, everything else passes,
+// then the same fp32 multiply as relu2, and a NaN (of either sign, any payload) becomes the canonical
+// NaN as relu2 makes it.
 inline float relu2_cpu(float v) {
   uint32_t b;
   std::memcpy(&b, &v, sizeof b);
@@ -89,7 +101,12 @@ inline float relu2_cpu(float v) {
   b &= negative - 1u;
   float r;
   std::memcpy(&r, &b, sizeof r);
-  return r * r;
+  r = r * r;
+  std::memcpy(&b, &r, sizeof b);
+  const uint32_t nan = (b & 0x7FFFFFFFu) > 0x7F800000u;
+  b = (b & (nan - 1u)) | (kNanBitsF32 & (0u - nan));
+  std::memcpy(&r, &b, sizeof r);
+  return r;
 }
 
 // Per row: the activation (if any) into a per-thread row buffer, the counts, then the selection; each
@@ -117,7 +134,7 @@ void sparsify24_rows_impl(const Sparsify24Params& p) {
       const T* xr = x + r * stride;
       if constexpr (kRelu2) {
         T* a = act.data();
-        for (int64_t k = 0; k < K; ++k) a[k] = static_cast<T>(relu2_cpu(static_cast<float>(xr[k])));  // ranked as stored
+        for (int64_t k = 0; k < K; ++k) a[k] = round_to<T>(relu2_cpu(static_cast<float>(xr[k])));  // ranked as stored
         xr = a;
       }
       if constexpr (kCounts) {
@@ -183,8 +200,7 @@ void apply24_rows(const Apply24Params& p) {
         // `& 3` keeps a corrupted index inside its group: never a read outside x.
         const int64_t col = 4 * (h / 2) + (p.indices[r * H + h] & 3);
         if (p.relu2_backward) {
-          const float d = 2.f * std::sqrt(static_cast<float>(y2[r * H + h]));
-          values[r * H + h] = static_cast<T>(static_cast<float>(xr[col]) * d);
+          values[r * H + h] = round_to<T>(relu2_backward(static_cast<float>(xr[col]), static_cast<float>(y2[r * H + h])));
         } else {
           values[r * H + h] = xr[col];
         }

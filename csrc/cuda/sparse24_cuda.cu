@@ -21,6 +21,9 @@
 //       2:4 (inverse map of sparse_cols, the store shared with sparsify24_transposed) and/or the
 //       dense transposed row (inverse map of dense_cols); duplicates by the same fix-up kernel.
 //   sparse24_apply(_relu2_backward), sparse24_to_dense: one thread per group of 4.
+//
+// The tiled kernels number their blocks linearly over (grid.x, grid.y) (sp24/grid.h), so they have
+// no shape limit of their own: any shape the CPU kernels accept launches.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -29,7 +32,9 @@
 #include <stdexcept>
 #include <string>
 
+#include "cuda/launch.cuh"
 #include "sp24/cslt_layout.h"
+#include "sp24/grid.h"
 #include "sp24/params.h"
 #include "sp24/select.h"
 
@@ -41,8 +46,19 @@ __device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
 __device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
 template <typename T> __device__ __forceinline__ T from_f(float v);
 template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+// A NaN is written as the canonical NaN (sp24/select.h) explicitly: the same bits as the CPU kernels
+// whatever the conversion instruction or an emulation of it does with a NaN.
+template <typename T>
+__device__ __forceinline__ T nan16() {
+  const uint16_t bits = kNanBits16;
+  T t;
+  __builtin_memcpy(&t, &bits, sizeof(t));
+  return t;
+}
+template <> __device__ __forceinline__ __half from_f<__half>(float v) { return is_nan(v) ? nan16<__half>() : __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) {
+  return is_nan(v) ? nan16<__nv_bfloat16>() : __float2bfloat16_rn(v);
+}
 
 void check_launch(const char* what) {
   cudaError_t e = cudaGetLastError();
@@ -87,6 +103,7 @@ constexpr int kRowTx = 32;         // threads along K (8 elements each: 256 colu
 constexpr int kRowTy = 8;          // thread-rows per block
 constexpr int kRowsPerThread = 8;  // rows per thread (interleaved by kRowTy): 64 rows per block
 constexpr int kRowElems = 8;       // elements per thread per row (2 groups)
+static_assert(kRowTx * kRowElems == kRowTileCols && kRowTy * kRowsPerThread == kRowTileRows, "sp24/grid.h tiles");
 
 // 8 elements as raw 16-byte chunks (1 chunk for 16-bit types, 2 for fp32).
 template <typename T>
@@ -102,9 +119,15 @@ template <typename T, bool kVec>
 __global__ void __launch_bounds__(kRowTx* kRowTy) sparsify24_rows_kernel(Sparsify24Params p) {
   __shared__ int32_t s_counts[kRowTy][kRowTx * kRowElems];
   const int tx = threadIdx.x, ty = threadIdx.y;
-  // grid.x: row blocks (can be many), grid.y: column blocks (K / 256 < 65536)
-  const int64_t c0 = (static_cast<int64_t>(blockIdx.y) * kRowTx + tx) * kRowElems;  // first column
-  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * (kRowTy * kRowsPerThread) + ty;
+  // block -> (row band rb, column block cb), sp24/grid.h; a padding block exits as a whole (no barrier yet)
+  const int64_t bands = ceil_div(p.M, kRowTileRows);
+  int64_t rb, cb;
+  if (!tile_of(static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x, bands, bands * ceil_div(p.K, kRowTileCols),
+               rb, cb)) {
+    return;
+  }
+  const int64_t c0 = (cb * kRowTx + tx) * kRowElems;  // first column
+  const int64_t r0 = rb * (kRowTy * kRowsPerThread) + ty;
   const T* __restrict__ x = static_cast<const T*>(p.x);
   T* __restrict__ vals = static_cast<T*>(p.values);
   const int64_t H = p.K / 2;
@@ -161,14 +184,19 @@ __global__ void __launch_bounds__(kRowTx* kRowTy) sparsify24_rows_kernel(Sparsif
     }
     T* vdst = vals + r * H + c0 / 2;
     uint8_t* idst = p.indices + r * H + c0 / 2;
-    if (kVec) {  // K % 8 == 0: 4 values (8 or 16 bytes) and 4 indices (4 bytes), aligned
+    if constexpr (kVec) {  // K % 8 == 0: 4 values (8 or 16 bytes) and 4 indices (4 bytes), aligned
       store4(vdst, ov);
       *reinterpret_cast<uint32_t*>(idst) =
           uint32_t(oi[0]) | (uint32_t(oi[1]) << 8) | (uint32_t(oi[2]) << 16) | (uint32_t(oi[3]) << 24);
     } else {
-      for (int e = 0; e < 2 * ngroups; ++e) {
-        vdst[e] = ov[e];
-        idst[e] = oi[e];
+      // Fully unrolled and guarded: a loop bounded by ngroups indexed ov/oi dynamically, which put
+      // them in local memory (ptxas, sm_90a: 128 registers, 40-byte stack frame, 24 bytes of spills).
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        if (e < 2 * ngroups) {
+          vdst[e] = ov[e];
+          idst[e] = oi[e];
+        }
       }
     }
   }
@@ -181,7 +209,7 @@ __global__ void __launch_bounds__(kRowTx* kRowTy) sparsify24_rows_kernel(Sparsif
       // e = (tx % 4) / 2; the lane tx ^ 2 holds the other e, so each lane stores one 16-bit pair:
       // e = 0 lanes the two h = 0 bytes, e = 1 lanes the two h = 1 bytes.
       const int e = (tx & 3) >> 1, pp = tx & 1;
-      const int64_t base = static_cast<int64_t>(blockIdx.x) * 8 * p.K + (c0 / 32) * 256 + ty * 8 + pp * 4;
+      const int64_t base = rb * 8 * p.K + (c0 / 32) * 256 + ty * 8 + pp * 4;
 #pragma unroll
       for (int q = 0; q < kRowsPerThread / 2; ++q) {
         const bool ok = r0 + (2 * q + 1) * kRowTy < p.M && ngroups == 2;  // K % 32 == 0: whole chunks
@@ -205,7 +233,7 @@ __global__ void __launch_bounds__(kRowTx* kRowTy) sparsify24_rows_kernel(Sparsif
     int32_t s = 0;
 #pragma unroll
     for (int y = 0; y < kRowTy; ++y) s += s_counts[y][k];
-    const int64_t col = static_cast<int64_t>(blockIdx.y) * kRowTx * kRowElems + k;
+    const int64_t col = cb * kRowTx * kRowElems + k;
     if (col < p.K && s != 0) atomicAdd(p.counts + col, s);
   }
 }
@@ -215,13 +243,36 @@ __global__ void __launch_bounds__(kRowTx* kRowTy) sparsify24_rows_kernel(Sparsif
 constexpr int kTT = 64;            // tokens per tile
 constexpr int kTC = 64;            // x columns per tile
 constexpr int kTThreads = 256;
-constexpr int kTPad = 2;           // elements of padding per smem row (bank spread)
+static_assert(kTT == kTTile && kTC == kTTile, "sp24/grid.h tiles");
+
+// The shared tile of kTT tokens x kTC columns (sp24/grid.h, tile_offset): rows of kTC elements, no
+// padding between them, and 32 bytes of padding after every 16-row block.
+// Why: in the compute phase the 4 threads of a column (lanes 4j .. 4j+3, one per 16-token part)
+// read rows 16 apart. A per-row pad of p words puts those rows 16*p words apart, which is 0 or 16
+// (mod 32) for every p: with the old pitch of 66 elements, 2 lanes shared a bank for 16-bit types
+// and 4 for fp32. The 32-byte pad per 16-row block puts them 8 words apart: lane (j, part) reads
+// bank 8*part + j (fp32) or 8*part + j/2 (16-bit; two lanes share a word), all distinct. Every row
+// stays 16-byte aligned, so the load phase stores whole 16-byte chunks; a quarter-warp's chunks are
+// 128 contiguous bytes of one row (conflict-free), as are a half-warp's 8-byte groups in the split.
+// tests/test_grid_limits.py counts the conflicts of these access patterns on the host.
+template <typename T>
+struct TileLayout {
+  static constexpr int kEs = static_cast<int>(sizeof(T));
+  static_assert(tile_block_elems(kEs) * kEs % 16 == 0 && kTC * kEs % 16 == 0, "16-byte aligned rows");
+  struct alignas(16) Storage {
+    T e[tile_elems(kEs)];
+  };
+};
+template <typename T>
+__device__ __forceinline__ int tile_at(int t, int c) {
+  return tile_offset(static_cast<int>(sizeof(T)), t, c);
+}
 
 __global__ void inverse_columns_kernel(const int64_t* __restrict__ columns, int64_t C, int64_t N,
                                        int32_t* __restrict__ inv) {
   // inv[col] = the largest c with columns[c] == col (deterministic under duplicates), else -1.
-  // inv is pre-filled with -1 (memset 0xff). An out-of-range column (the CPU op refuses them, the
-  // CUDA op does not sync to check) is clamped to [0, N): defined output, never a write outside inv.
+  // inv is pre-filled with -1 (memset 0xff). The glue refuses out-of-range columns on every device
+  // (check_columns_range); the clamp to [0, N) is a second line: never a write outside inv.
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= C) return;
   int64_t col = columns[c];
@@ -233,7 +284,7 @@ __global__ void inverse_columns_kernel(const int64_t* __restrict__ columns, int6
 // thread `part` handles 16 tokens (4 groups) -> 8 values + 8 indices of output row orow.
 // Shared by sparsify24_transposed and sparse24_transposed_split.
 template <typename T>
-__device__ __forceinline__ void token24_store(T (*tile)[kTC + kTPad], int j, int part, int64_t t0,
+__device__ __forceinline__ void token24_store(const T* tile, int j, int part, int64_t t0,
                                               int64_t Ttok, int64_t orow, T* __restrict__ values,
                                               uint8_t* __restrict__ indices, int algo, bool vec_store) {
   const int64_t H = Ttok / 2;
@@ -246,7 +297,7 @@ __device__ __forceinline__ void token24_store(T (*tile)[kTC + kTPad], int j, int
     if (t0 + tt >= Ttok) break;  // Ttok % 4 == 0: groups are whole
     T a[4];
 #pragma unroll
-    for (int i = 0; i < 4; ++i) a[i] = tile[tt + i][j];
+    for (int i = 0; i < 4; ++i) a[i] = tile[tile_at<T>(tt + i, j)];
     uint8_t lo, hi;
     mask_to_indices(select_2of4(to_f(a[0]), to_f(a[1]), to_f(a[2]), to_f(a[3]), algo), lo, hi);
     pick(a, lo, hi, ov[2 * g], ov[2 * g + 1]);
@@ -268,9 +319,12 @@ __device__ __forceinline__ void token24_store(T (*tile)[kTC + kTPad], int j, int
     __builtin_memcpy(&wi, oi, 8);
     *reinterpret_cast<uint2*>(idst) = wi;
   } else {
-    for (int e = 0; e < 2 * ngroups; ++e) {
-      vdst[e] = ov[e];
-      idst[e] = oi[e];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {  // unrolled and guarded: ov/oi stay in registers
+      if (e < 2 * ngroups) {
+        vdst[e] = ov[e];
+        idst[e] = oi[e];
+      }
     }
   }
 }
@@ -279,11 +333,18 @@ template <typename T>
 __global__ void __launch_bounds__(kTThreads) sparsify24_transposed_kernel(Sparsify24TransposedParams p,
                                                                           const int32_t* __restrict__ inv,
                                                                           bool vec_load, bool vec_store) {
-  __shared__ T tile[kTT][kTC + kTPad];  // [token][column]
+  __shared__ typename TileLayout<T>::Storage smem;  // [token][column], tile_at
+  T* const tile = smem.e;
   const int tid = threadIdx.x;
-  // grid.x: token tiles (can be many), grid.y: column tiles (N / 64 < 65536)
-  const int64_t n0 = static_cast<int64_t>(blockIdx.y) * kTC;
-  const int64_t t0 = static_cast<int64_t>(blockIdx.x) * kTT;
+  // block -> (token tile tb, column tile cb), sp24/grid.h; a padding block exits as a whole
+  const int64_t ttiles = ceil_div(p.T, kTT);
+  int64_t tb, cb;
+  if (!tile_of(static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x, ttiles, ttiles * ceil_div(p.N, kTC), tb,
+               cb)) {
+    return;
+  }
+  const int64_t n0 = cb * kTC;
+  const int64_t t0 = tb * kTT;
   const T* __restrict__ x = static_cast<const T*>(p.x);
 
   // Load: 64 tokens x 64 columns. Columns nobody asked for are not read (they stay unused).
@@ -311,10 +372,7 @@ __global__ void __launch_bounds__(kTThreads) sparsify24_transposed_kernel(Sparsi
 #pragma unroll
     for (int k = 0; k < kTT / kRowsPerPass; ++k) {
       const int tt = tid / kChunksPerRow + k * kRowsPerPass;
-      T e8[E];
-      __builtin_memcpy(e8, &buf[k], 16);
-#pragma unroll
-      for (int e = 0; e < E; ++e) tile[tt][ch * E + e] = e8[e];
+      *reinterpret_cast<uint4*>(tile + tile_at<T>(tt, ch * E)) = buf[k];  // 16-byte aligned (TileLayout)
     }
   } else {
     const int j = tid % kTC;
@@ -327,7 +385,7 @@ __global__ void __launch_bounds__(kTThreads) sparsify24_transposed_kernel(Sparsi
       buf[k] = (wanted && t < p.T) ? x[t * p.x_row_stride + n] : from_f<T>(0.f);
     }
 #pragma unroll
-    for (int k = 0; k < kTT * kTC / kTThreads; ++k) tile[tid / kTC + k * (kTThreads / kTC)][j] = buf[k];
+    for (int k = 0; k < kTT * kTC / kTThreads; ++k) tile[tile_at<T>(tid / kTC + k * (kTThreads / kTC), j)] = buf[k];
   }
   __syncthreads();
 
@@ -366,11 +424,18 @@ __global__ void __launch_bounds__(kTThreads) transposed_split_kernel(TransposedS
                                                                      const int32_t* __restrict__ inv_s,
                                                                      const int32_t* __restrict__ inv_d,
                                                                      bool pair_load, bool vec_store, bool vec_dense) {
-  __shared__ T tile[kTT][kTC + kTPad];  // [token][feature]
+  __shared__ typename TileLayout<T>::Storage smem;  // [token][feature], tile_at
+  T* const tile = smem.e;
   const int tid = threadIdx.x;
-  // grid.x: token tiles (can be many), grid.y: feature tiles (F / 64 < 65536)
-  const int64_t n0 = static_cast<int64_t>(blockIdx.y) * kTC;
-  const int64_t t0 = static_cast<int64_t>(blockIdx.x) * kTT;
+  // block -> (token tile tb, feature tile cb), sp24/grid.h; a padding block exits as a whole
+  const int64_t ttiles = ceil_div(p.T, kTT);
+  int64_t tb, cb;
+  if (!tile_of(static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x, ttiles, ttiles * ceil_div(p.F, kTC), tb,
+               cb)) {
+    return;
+  }
+  const int64_t n0 = cb * kTC;
+  const int64_t t0 = tb * kTT;
   const int64_t H = p.F / 2;
   const T* __restrict__ vals = static_cast<const T*>(p.values);
 
@@ -420,8 +485,10 @@ __global__ void __launch_bounds__(kTThreads) transposed_split_kernel(TransposedS
   for (int k = 0; k < kPasses; ++k) {
     const int tt = tid / kGroupsPerRow + k * kRowsPerPass;
     const int i0 = ix[k][0] & 3, i1 = ix[k][1] & 3;  // as sparse24_to_dense: the second index wins
+    T o[4];
 #pragma unroll
-    for (int e = 0; e < 4; ++e) tile[tt][4 * q + e] = e == i1 ? v[k][1] : (e == i0 ? v[k][0] : zero);
+    for (int e = 0; e < 4; ++e) o[e] = e == i1 ? v[k][1] : (e == i0 ? v[k][0] : zero);
+    store4(tile + tile_at<T>(tt, 4 * q), o);  // 8/16-byte aligned (TileLayout)
   }
   __syncthreads();
 
@@ -442,20 +509,34 @@ __global__ void __launch_bounds__(kTThreads) transposed_split_kernel(TransposedS
   if (vec_dense && nt == 16) {  // T * sizeof(T) % 16 == 0: 16-byte aligned destination
     T o[16];
 #pragma unroll
-    for (int i = 0; i < 16; ++i) o[i] = tile[part * 16 + i][j];
+    for (int i = 0; i < 16; ++i) o[i] = tile[tile_at<T>(part * 16 + i, j)];
     constexpr int kC = sizeof(T) * 16 / 16;
     uint4 w[kC];
     __builtin_memcpy(w, o, sizeof(o));
 #pragma unroll
     for (int k = 0; k < kC; ++k) reinterpret_cast<uint4*>(dst)[k] = w[k];
   } else {
-    for (int i = 0; i < nt; ++i) dst[i] = tile[part * 16 + i][j];
+    for (int i = 0; i < nt; ++i) dst[i] = tile[tile_at<T>(part * 16 + i, j)];
   }
 }
 
 // ---------------------------------------------------------------------------------------------
 constexpr int kThreads = 256;
-inline unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
+inline unsigned blocks_for(int64_t n) {
+  const int64_t b = (n + kThreads - 1) / kThreads;  // grid.x only: more than 2^39 elements do not fit a GPU
+  if (b > kMaxGridX) throw std::runtime_error("sp24: internal error: " + std::to_string(n) + " work items exceed one launch");
+  return static_cast<unsigned>(b);
+}
+
+// The dim3 of a tiled launch (sp24/grid.h); refuses only what no launch can hold.
+dim3 launch_grid(const TileGrid& g, const char* op, int64_t rows, int64_t cols) {
+  if (!g.fits) {
+    throw std::runtime_error(std::string(op) + ": a (" + std::to_string(rows) + ", " + std::to_string(cols) +
+                             ") operand needs more thread blocks than one CUDA launch holds (" +
+                             std::to_string(kMaxGridX) + " x " + std::to_string(kMaxGridY) + ")");
+  }
+  return dim3(g.x, g.y);
+}
 
 template <typename T>
 __global__ void apply24_kernel(Apply24Params p) {
@@ -471,10 +552,7 @@ __global__ void apply24_kernel(Apply24Params p) {
   if (p.relu2_backward) {
     const T* y2 = static_cast<const T*>(p.y2_values) + 2 * gid;
 #pragma unroll
-    for (int s = 0; s < 2; ++s) {
-      const float d = 2.f * sqrtf(to_f(y2[s]));
-      v[s] = from_f<T>(to_f(v[s]) * d);
-    }
+    for (int s = 0; s < 2; ++s) v[s] = from_f<T>(relu2_backward(to_f(v[s]), to_f(y2[s])));
   }
   out[0] = v[0];
   out[1] = v[1];
@@ -516,14 +594,11 @@ void sparsify24_cuda(const Sparsify24Params& p, void* stream) {
   dispatch_dtype(p.dtype, [&](auto t) {
     using T = decltype(t);
     const dim3 block(kRowTx, kRowTy);
-    const int64_t col_blocks = (p.K + kRowTx * kRowElems - 1) / (kRowTx * kRowElems);
-    if (col_blocks > 65535) throw std::runtime_error("sp24.sparsify24: x.size(1) must be below 16776960, got " + std::to_string(p.K));
-    const dim3 grid(static_cast<unsigned>((p.M + kRowTy * kRowsPerThread - 1) / (kRowTy * kRowsPerThread)),
-                    static_cast<unsigned>(col_blocks));
+    const dim3 grid = launch_grid(sparsify24_grid(p.M, p.K), "sp24.sparsify24", p.M, p.K);
     if (vec) {
-      sparsify24_rows_kernel<T, true><<<grid, block, 0, s>>>(p);
+      launch_kernel(sparsify24_rows_kernel<T, true>, grid, block, 0, s, p);
     } else {
-      sparsify24_rows_kernel<T, false><<<grid, block, 0, s>>>(p);
+      launch_kernel(sparsify24_rows_kernel<T, false>, grid, block, 0, s, p);
     }
   });
   check_launch("sparsify24");
@@ -534,7 +609,7 @@ namespace {
 void launch_inverse_columns(const int64_t* columns, int64_t C, int64_t N, int32_t* inv, cudaStream_t s,
                             const char* what) {
   if (C == 0) return;  // a launch of 0 blocks is an error
-  inverse_columns_kernel<<<blocks_for(C), kThreads, 0, s>>>(columns, C, N, inv);
+  launch_kernel(inverse_columns_kernel, blocks_for(C), kThreads, 0, s, columns, C, N, inv);
   check_launch(what);
 }
 }  // namespace
@@ -553,13 +628,11 @@ void sparsify24_transposed_cuda(const Sparsify24TransposedParams& p, void* strea
     constexpr int E = 16 / sizeof(T);
     const bool vec_load = p.N % E == 0 && aligned16(p.x) && (p.x_row_stride * static_cast<int64_t>(sizeof(T))) % 16 == 0;
     const bool vec_store = (p.T / 2 * static_cast<int64_t>(sizeof(T))) % 16 == 0 && (p.T / 2) % 8 == 0;
-    const int64_t col_tiles = (p.N + kTC - 1) / kTC;
-    if (col_tiles > 65535) throw std::runtime_error("sp24.sparsify24_transposed: x.size(1) must be below 4194240, got " + std::to_string(p.N));
-    const dim3 grid(static_cast<unsigned>((p.T + kTT - 1) / kTT), static_cast<unsigned>(col_tiles));
-    sparsify24_transposed_kernel<T><<<grid, kTThreads, 0, s>>>(p, inv, vec_load, vec_store);
+    const dim3 grid = launch_grid(transposed_grid(p.T, p.N), "sp24.sparsify24_transposed", p.T, p.N);
+    launch_kernel(sparsify24_transposed_kernel<T>, grid, kTThreads, 0, s, p, inv, vec_load, vec_store);
     check_launch("sparsify24_transposed");
     if (p.columns) {
-      duplicate_rows_kernel<T><<<static_cast<unsigned>(p.C), 128, 0, s>>>(
+      launch_kernel(duplicate_rows_kernel<T>, static_cast<unsigned>(p.C), 128, 0, s,
           p.columns, p.N, inv, static_cast<T*>(p.values), p.indices, p.T / 2);
       check_launch("sparsify24_transposed (duplicate columns)");
     }
@@ -581,18 +654,16 @@ void transposed_split24_cuda(const TransposedSplit24Params& p, void* stream) {
     const bool vec_store = (p.T / 2 * static_cast<int64_t>(sizeof(T))) % 16 == 0 && (p.T / 2) % 8 == 0 &&
                            aligned16(p.tvalues) && (reinterpret_cast<uintptr_t>(p.tindices) & 7u) == 0;
     const bool vec_dense = (p.T * static_cast<int64_t>(sizeof(T))) % 16 == 0 && aligned16(p.dense_t);
-    const int64_t col_tiles = (p.F + kTC - 1) / kTC;
-    if (col_tiles > 65535) throw std::runtime_error("sp24.sparse24_transposed_split: F must be below 4194240, got " + std::to_string(p.F));
-    const dim3 grid(static_cast<unsigned>((p.T + kTT - 1) / kTT), static_cast<unsigned>(col_tiles));
-    transposed_split_kernel<T><<<grid, kTThreads, 0, s>>>(p, inv_s, inv_d, pair_load, vec_store, vec_dense);
+    const dim3 grid = launch_grid(transposed_grid(p.T, p.F), "sp24.sparse24_transposed_split", p.T, p.F);
+    launch_kernel(transposed_split_kernel<T>, grid, kTThreads, 0, s, p, inv_s, inv_d, pair_load, vec_store, vec_dense);
     check_launch("sparse24_transposed_split");
     if (p.Cs > 0) {
-      duplicate_rows_kernel<T><<<static_cast<unsigned>(p.Cs), 128, 0, s>>>(
+      launch_kernel(duplicate_rows_kernel<T>, static_cast<unsigned>(p.Cs), 128, 0, s,
           p.sparse_cols, p.F, inv_s, static_cast<T*>(p.tvalues), p.tindices, p.T / 2);
       check_launch("sparse24_transposed_split (duplicate sparse columns)");
     }
     if (p.Cd > 0) {
-      duplicate_rows_kernel<T><<<static_cast<unsigned>(p.Cd), 128, 0, s>>>(
+      launch_kernel(duplicate_rows_kernel<T>, static_cast<unsigned>(p.Cd), 128, 0, s,
           p.dense_cols, p.F, inv_d, static_cast<T*>(p.dense_t), nullptr, p.T);
       check_launch("sparse24_transposed_split (duplicate dense columns)");
     }
@@ -601,14 +672,14 @@ void transposed_split24_cuda(const TransposedSplit24Params& p, void* stream) {
 
 void apply24_cuda(const Apply24Params& p, void* stream) {
   dispatch_dtype(p.dtype, [&](auto t) {
-    apply24_kernel<decltype(t)><<<blocks_for(p.M * (p.K / 4)), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(p);
+    launch_kernel(apply24_kernel<decltype(t)>, blocks_for(p.M * (p.K / 4)), kThreads, 0, static_cast<cudaStream_t>(stream), p);
   });
   check_launch("sparse24_apply");
 }
 
 void to_dense24_cuda(const ToDense24Params& p, void* stream) {
   dispatch_dtype(p.dtype, [&](auto t) {
-    to_dense24_kernel<decltype(t)><<<blocks_for(p.M * (p.K / 4)), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(p);
+    launch_kernel(to_dense24_kernel<decltype(t)>, blocks_for(p.M * (p.K / 4)), kThreads, 0, static_cast<cudaStream_t>(stream), p);
   });
   check_launch("sparse24_to_dense");
 }
@@ -623,7 +694,7 @@ __global__ void __launch_bounds__(kThreads) cslt_meta24_kernel(const uint8_t* __
 void cslt_meta24_cuda(const uint8_t* indices, uint8_t* meta, int64_t M, int64_t K, void* stream) {
   const int64_t n = M * K / 8;
   if (n == 0) return;
-  cslt_meta24_kernel<<<blocks_for(n), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(indices, meta, K, n);
+  launch_kernel(cslt_meta24_kernel, blocks_for(n), kThreads, 0, static_cast<cudaStream_t>(stream), indices, meta, K, n);
   check_launch("sparse24_cslt_compress (metadata)");
 }
 

@@ -12,7 +12,9 @@
 #include <cusparseLt.h>
 
 #include <cstdlib>
+#include <cctype>
 #include <map>
+#include <set>
 #include <memory>
 #include <mutex>
 #include <sstream>
@@ -36,13 +38,18 @@ const char* status_name(cusparseStatus_t s) {
                 status_name(_st), " (", cusparseLtGetErrorString(_st), ")");                              \
   } while (0)
 
-// Statuses with which cuSPARSELt says "this problem is not for me" (shape, dtype or layout).
-// ARCH_MISMATCH: cuSPARSELt refuses the GPU itself (e.g. no sparse tensor cores); sparse24_mm then
-// falls back to a dense GEMM instead of failing.
-bool is_unsupported(cusparseStatus_t s) {
-  return s == CUSPARSE_STATUS_NOT_SUPPORTED || s == CUSPARSE_STATUS_INVALID_VALUE ||
-         s == CUSPARSE_STATUS_ARCH_MISMATCH;
+}  // namespace
+
+// Statuses with which cuSPARSELt says "this problem / this GPU is not for me": only these become a
+// dense fallback. ARCH_MISMATCH: cuSPARSELt refuses the GPU itself (e.g. no sparse tensor cores).
+// Everything else (INVALID_VALUE from a wrong descriptor, ALLOC_FAILED, EXECUTION_FAILED, ...)
+// raises with cuSPARSELt's error name: a bug must not turn into a silent, slower fallback.
+bool is_unsupported(int status) {
+  const auto s = static_cast<cusparseStatus_t>(status);
+  return s == CUSPARSE_STATUS_NOT_SUPPORTED || s == CUSPARSE_STATUS_ARCH_MISMATCH;
 }
+
+namespace {
 
 cudaDataType cuda_type(at::ScalarType t) {
   switch (t) {
@@ -50,6 +57,12 @@ cudaDataType cuda_type(at::ScalarType t) {
     case at::kBFloat16: return CUDA_R_16BF;
     default: return CUDA_R_32F;
   }
+}
+
+// ---- versions: the library that is loaded must be the one sp24 was compiled against ------------------
+void check_runtime_version(const char* op) {
+  static const std::string problem = version_mismatch();
+  TORCH_CHECK(problem.empty(), op, ": ", problem);
 }
 
 // ---- handles: one per (thread, device) ----------------------------------------------------------
@@ -62,30 +75,61 @@ struct ThreadHandles {
 // The caller holds a CUDAGuard for `device` (cusparseLtInit ties the handle to the current device).
 // Returns nullptr and sets *unsupported when cuSPARSELt refuses this GPU and the caller can fall
 // back (unsupported != nullptr); any other failure raises.
+// cusparseLtInit's "not this GPU" answer, per device, process-wide: asked once, not on every call.
+std::mutex init_mutex;
+std::map<int, cusparseStatus_t>& init_refused() {
+  static std::map<int, cusparseStatus_t> m;
+  return m;
+}
+
 cusparseLtHandle_t* handle_for(const char* op, int device, cusparseStatus_t* unsupported = nullptr) {
   thread_local ThreadHandles th;
   auto it = th.by_device.find(device);
   if (it != th.by_device.end()) return it->second;
+  {
+    std::lock_guard<std::mutex> lock(init_mutex);
+    auto r = init_refused().find(device);
+    if (r != init_refused().end()) {
+      if (unsupported != nullptr) {
+        *unsupported = r->second;
+        return nullptr;
+      }
+      SP24_CSLT(op, r->second);
+    }
+  }
+  check_runtime_version(op);  // once per process; raises on a header/library mismatch
   // Freed again when cusparseLtInit fails (the old code leaked it before raising).
   auto h = std::make_unique<cusparseLtHandle_t>();
   const cusparseStatus_t s = cusparseLtInit(h.get());
-  if (s != CUSPARSE_STATUS_SUCCESS && unsupported != nullptr && is_unsupported(s)) {
-    *unsupported = s;
-    return nullptr;
+  if (s != CUSPARSE_STATUS_SUCCESS && is_unsupported(s)) {
+    std::lock_guard<std::mutex> lock(init_mutex);
+    init_refused().emplace(device, s);
+    if (unsupported != nullptr) {
+      *unsupported = s;
+      return nullptr;
+    }
   }
   SP24_CSLT(op, s);
   return th.by_device.emplace(device, h.release()).first->second;
 }
 
 // ---- plan cache (per thread: plans belong to a handle) -------------------------------------------
+// The algorithm a plan runs: cuSPARSELt's default (all -1), or what search chose, with the split-K
+// attributes read back from the searched selection (the plan that is served is the one that was timed).
+struct AlgChoice {
+  int id = -1, split_k = -1, split_k_mode = -1, split_k_buffers = -1;
+  auto tie() const { return std::tie(id, split_k, split_k_mode, split_k_buffers); }
+};
+
 struct PlanKey {
   int device;
   int64_t M, K, N, ldb, ldd;
   int dt, out_dt;
   bool b_col_major, d_col_major, with_c;
-  int alg_id;
+  AlgChoice alg;
   auto tie() const {
-    return std::tie(device, M, K, N, ldb, ldd, dt, out_dt, b_col_major, d_col_major, with_c, alg_id);
+    return std::tie(device, M, K, N, ldb, ldd, dt, out_dt, b_col_major, d_col_major, with_c, alg.id, alg.split_k,
+                    alg.split_k_mode, alg.split_k_buffers);
   }
   bool operator<(const PlanKey& o) const { return tie() < o.tie(); }
 };
@@ -163,13 +207,19 @@ std::unique_ptr<Plan> make_plan(const char* op, cusparseLtHandle_t* h, const Pla
     destroy_descs();
     return fail(s, "cusparseLtMatmulAlgSelectionInit");
   }
-  if (k.alg_id >= 0) {
-    int id = k.alg_id;
-    s = cusparseLtMatmulAlgSetAttribute(h, &p->alg, CUSPARSELT_MATMUL_ALG_CONFIG_ID, &id, sizeof(id));
+  const std::pair<cusparseLtMatmulAlgAttribute_t, int> attrs[] = {
+      {CUSPARSELT_MATMUL_ALG_CONFIG_ID, k.alg.id},
+      {CUSPARSELT_MATMUL_SPLIT_K, k.alg.split_k},
+      {CUSPARSELT_MATMUL_SPLIT_K_MODE, k.alg.split_k_mode},
+      {CUSPARSELT_MATMUL_SPLIT_K_BUFFERS, k.alg.split_k_buffers}};
+  for (const auto& [attr, value] : attrs) {
+    if (value < 0) continue;  // cuSPARSELt's default
+    int v = value;
+    s = cusparseLtMatmulAlgSetAttribute(h, &p->alg, attr, &v, sizeof(v));
     if (s != CUSPARSE_STATUS_SUCCESS) {
       cusparseLtMatmulAlgSelectionDestroy(&p->alg);
       destroy_descs();
-      return fail(s, "cusparseLtMatmulAlgSetAttribute(CONFIG_ID)");
+      return fail(s, "cusparseLtMatmulAlgSetAttribute");
     }
   }
   s = cusparseLtMatmulPlanInit(h, &p->plan, &p->mm, &p->alg);
@@ -183,6 +233,7 @@ std::unique_ptr<Plan> make_plan(const char* op, cusparseLtHandle_t* h, const Pla
   return p;
 }
 
+// The returned pointer is valid until the next plan_for call on this thread (which may evict).
 Plan* plan_for(const char* op, cusparseLtHandle_t* h, const PlanKey& k) {
   thread_local std::map<PlanKey, std::unique_ptr<Plan>> cache;
   auto it = cache.find(k);
@@ -194,14 +245,14 @@ Plan* plan_for(const char* op, cusparseLtHandle_t* h, const PlanKey& k) {
   return raw;
 }
 
-// ---- algorithm search (opt-in), process-wide chosen ids --------------------------------------------
+// ---- algorithm search (opt-in), process-wide chosen algorithms -------------------------------------
 bool search_enabled() {
   const char* e = std::getenv("SP24_CSLT_SEARCH");
   return e != nullptr && e[0] != '\0' && std::string(e) != "0";
 }
 
 std::mutex g_alg_mutex;
-std::map<PlanKey, int> g_alg_ids;  // key with alg_id = -1 -> chosen id
+std::map<PlanKey, AlgChoice> g_alg_ids;  // key with the default AlgChoice -> chosen algorithm
 
 void run_plan(const char* op, cusparseLtHandle_t* h, Plan* p, const at::Tensor& compressed, const at::Tensor& b,
               const at::Tensor* c, at::Tensor& out, cudaStream_t stream) {
@@ -213,60 +264,138 @@ void run_plan(const char* op, cusparseLtHandle_t* h, Plan* p, const at::Tensor& 
                                  p->workspace ? ws.data_ptr() : nullptr, streams, 1));
 }
 
-// Search once for this key; returns the id to use (-1: the default).
-int searched_alg_id(const char* op, cusparseLtHandle_t* h, const PlanKey& key, const at::Tensor& compressed,
-                    const at::Tensor& b, const at::Tensor* c, const at::Tensor& out, cudaStream_t stream) {
+// Synthetic operands for a plan key, from a private generator (the caller's data and RNG are never
+// used: an all-zero operand would approve any algorithm). Entries are small integers, so every
+// correct algorithm -- whatever its split of K -- computes the same exact fp32 sums and therefore
+// the same bits: a candidate is compared with the default algorithm by torch.equal.
+struct Synthetic {
+  at::Tensor a_buf, b, c, out;
+};
+
+Synthetic synthetic_operands(const char* op, const PlanKey& k, const at::TensorOptions& opts, uint64_t seed) {
+  auto gen = at::cuda::detail::createCUDAGenerator(k.device);
+  gen.set_current_seed(seed);
+  const auto dt = static_cast<at::ScalarType>(k.dt), odt = static_cast<at::ScalarType>(k.out_dt);
+  const auto o = opts.dtype(dt);
+  Synthetic s;
+  // A: integers in [-2, 2], two of every four zeroed by a row-dependent 2:4 pattern
+  at::Tensor a = at::randint(-2, 3, {k.M, k.K}, gen, o);
+  at::Tensor col = at::arange(k.K, opts.dtype(at::kLong)).remainder(4).view({1, k.K});
+  at::Tensor row = at::arange(k.M, opts.dtype(at::kLong)).remainder(3).view({k.M, 1});
+  a = a.mul((col.eq(row).logical_or(col.eq(row + 1))).to(dt));
+  std::string why;
+  auto buf = try_compress(op, a, false, &why);
+  TORCH_CHECK(buf.has_value(), op, ": cuSPARSELt refused the synthetic operand of the algorithm check: ", why);
+  s.a_buf = *buf;
+  // B (K, N) with the key's layout and leading dimension; entries in [-1, 1]
+  if (k.b_col_major) {
+    s.b = at::randint(-1, 2, {k.N, k.ldb}, gen, o).narrow(1, 0, k.K).t();
+  } else {
+    s.b = at::randint(-1, 2, {k.K, k.ldb}, gen, o).narrow(1, 0, k.N);
+  }
+  const std::vector<int64_t> d_shape = k.d_col_major ? std::vector<int64_t>{k.N, k.M} : std::vector<int64_t>{k.M, k.N};
+  if (k.with_c) s.c = at::randint(-4, 5, d_shape, gen, opts.dtype(odt));
+  s.out = at::empty(d_shape, opts.dtype(odt));
+  return s;
+}
+
+// cusparseLtMatmulSearch on a private plan for `key`; the chosen algorithm with its split-K
+// attributes read back. Raises on any cuSPARSELt failure (the caller keeps the default then).
+AlgChoice run_search(const char* op, cusparseLtHandle_t* h, const PlanKey& key, const Synthetic& s,
+                     cudaStream_t stream) {
+  auto sp = make_plan(op, h, key);  // fresh: search rewrites its algorithm selection
+  TORCH_CHECK(sp->ok, op, ": ", sp->where, " returned ", status_name(sp->why), " for the search plan");
+  at::Tensor tmp = at::empty_like(s.out);
+  at::Tensor ws = at::empty({static_cast<int64_t>(sp->workspace)}, s.b.options().dtype(at::kByte));
+  const float alpha = 1.f, beta = s.c.defined() ? 1.f : 0.f;
+  cudaStream_t streams[1] = {stream};
+  SP24_CSLT(op, cusparseLtMatmulSearch(h, &sp->plan, &alpha, s.a_buf.data_ptr(), s.b.data_ptr(), &beta,
+                                       s.c.defined() ? s.c.data_ptr() : tmp.data_ptr(), tmp.data_ptr(),
+                                       sp->workspace ? ws.data_ptr() : nullptr, streams, 1));
+  AlgChoice c;
+  int max_id = 0;
+  SP24_CSLT(op, cusparseLtMatmulAlgGetAttribute(h, &sp->alg, CUSPARSELT_MATMUL_ALG_CONFIG_ID, &c.id, sizeof(int)));
+  SP24_CSLT(op, cusparseLtMatmulAlgGetAttribute(h, &sp->alg, CUSPARSELT_MATMUL_ALG_CONFIG_MAX_ID, &max_id, sizeof(int)));
+  SP24_CSLT(op, cusparseLtMatmulAlgGetAttribute(h, &sp->alg, CUSPARSELT_MATMUL_SPLIT_K, &c.split_k, sizeof(int)));
+  SP24_CSLT(op, cusparseLtMatmulAlgGetAttribute(h, &sp->alg, CUSPARSELT_MATMUL_SPLIT_K_MODE, &c.split_k_mode, sizeof(int)));
+  SP24_CSLT(op, cusparseLtMatmulAlgGetAttribute(h, &sp->alg, CUSPARSELT_MATMUL_SPLIT_K_BUFFERS, &c.split_k_buffers,
+                                                sizeof(int)));
+  TORCH_CHECK(c.id >= 0 && c.id < max_id, op, ": cusparseLtMatmulSearch chose algorithm id ", c.id,
+              ", outside [0, CONFIG_MAX_ID = ", max_id, ")");
+  return c;
+}
+
+constexpr int kSearchChecks = 3;  // synthetic operands a searched algorithm must reproduce
+
+// The algorithm for this key: searched once per key and process, verified on kSearchChecks seeded
+// synthetic operands against the default algorithm (cuSPARSELt has returned wrong results for some
+// ids, intermittently: pytorch/pytorch#155333). Never during a CUDA graph capture (search and the
+// check synchronise): the default serves a capture, and the search happens on the next eager call.
+// Any failure keeps the default, with a warning.
+AlgChoice searched_alg(const char* op, cusparseLtHandle_t* h, const PlanKey& key, const at::TensorOptions& opts,
+                       cudaStream_t stream) {
   {
     std::lock_guard<std::mutex> lock(g_alg_mutex);
     auto it = g_alg_ids.find(key);
     if (it != g_alg_ids.end()) return it->second;
   }
-  int chosen = -1;
-  Plan* def = plan_for(op, h, key);
-  if (def->ok) {
-    at::Tensor ref = at::empty_like(out);
-    run_plan(op, h, def, compressed, b, c, ref, stream);
-    // Search on a fresh, private plan (search rewrites its algorithm selection).
-    auto sp = make_plan(op, h, key);
-    if (sp->ok) {
-      at::Tensor tmp = at::empty_like(out);
-      at::Tensor ws = at::empty({static_cast<int64_t>(sp->workspace)}, b.options().dtype(at::kByte));
-      const float alpha = 1.f, beta = c ? 1.f : 0.f;
-      cudaStream_t streams[1] = {stream};
-      SP24_CSLT(op, cusparseLtMatmulSearch(h, &sp->plan, &alpha, compressed.data_ptr(), b.data_ptr(), &beta,
-                                           c ? c->data_ptr() : tmp.data_ptr(), tmp.data_ptr(),
-                                           sp->workspace ? ws.data_ptr() : nullptr, streams, 1));
-      int id = 0;
-      SP24_CSLT(op, cusparseLtMatmulAlgGetAttribute(h, &sp->alg, CUSPARSELT_MATMUL_ALG_CONFIG_ID, &id, sizeof(id)));
+  if (c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None) return AlgChoice{};
+  AlgChoice chosen;
+  try {
+    // private plans, not the per-thread cache: a cache eviction in between cannot free them
+    auto def = make_plan(op, h, key);
+    if (def->ok) {
+      const Synthetic s0 = synthetic_operands(op, key, opts, 0x5eed0);
+      const AlgChoice cand = run_search(op, h, key, s0, stream);
       PlanKey ck = key;
-      ck.alg_id = id;
-      Plan* cp = plan_for(op, h, ck);
-      if (cp->ok) {
-        at::Tensor got = at::empty_like(out);
-        run_plan(op, h, cp, compressed, b, c, got, stream);
-        // Both results use fp32 accumulation; a different split of K may change the last bits,
-        // a wrong kernel changes far more (#155333 reported garbage).
-        // Non-finite entries (NaN/Inf in the inputs) must sit at the same places in both results
-        // and are left out of the error, which would otherwise be NaN and reject every id.
-        const auto r = ref.to(at::kFloat), g = got.to(at::kFloat);
-        const auto rf = r.isfinite();
-        const bool finite = at::equal(rf, g.isfinite());
-        const double scale = r.abs().masked_fill(rf.logical_not(), 0).max().item<double>();
-        const double err = (r - g).abs().masked_fill(rf.logical_not(), 0).max().item<double>();
-        const double tol = 1e-2 * scale + 1e-3;
-        if (finite && err <= tol) {
-          chosen = id;
-        } else {
-          TORCH_WARN(op, ": cuSPARSELt algorithm id ", id, " chosen by search for (M, K, N) = (", key.M, ", ", key.K,
-                     ", ", key.N, ") disagrees with the default algorithm (max abs diff ", err, ", allowed ", tol,
-                     "); keeping the default (see pytorch/pytorch#155333)");
-        }
+      ck.alg = cand;
+      auto cp = make_plan(op, h, ck);
+      TORCH_CHECK(cp->ok, op, ": ", cp->where, " returned ", status_name(cp->why), " for the searched algorithm");
+      int agreed = 0;
+      for (int t = 0; t < kSearchChecks; ++t) {
+        const Synthetic s = t == 0 ? s0 : synthetic_operands(op, key, opts, 0x5eed0 + t);
+        at::Tensor ref = at::empty_like(s.out), got = at::empty_like(s.out);
+        run_plan(op, h, def.get(), s.a_buf, s.b, s.c.defined() ? &s.c : nullptr, ref, stream);
+        run_plan(op, h, cp.get(), s.a_buf, s.b, s.c.defined() ? &s.c : nullptr, got, stream);
+        agreed += at::equal(ref, got) ? 1 : 0;
+      }
+      if (agreed == kSearchChecks) {
+        chosen = cand;
+      } else {
+        TORCH_WARN(op, ": cuSPARSELt algorithm id ", cand.id, " (split-K ", cand.split_k, ", mode ", cand.split_k_mode,
+                   ", buffers ", cand.split_k_buffers, ") chosen by search for (M, K, N) = (", key.M, ", ", key.K, ", ",
+                   key.N, ") disagreed with the default algorithm on ", kSearchChecks - agreed, " of ", kSearchChecks,
+                   " exact integer operands; keeping the default (see pytorch/pytorch#155333)");
       }
     }
+  } catch (const std::exception& e) {
+    TORCH_WARN(op, ": cuSPARSELt algorithm search failed for (M, K, N) = (", key.M, ", ", key.K, ", ", key.N,
+               "): ", e.what(), "; keeping the default algorithm");
+    chosen = AlgChoice{};
   }
   std::lock_guard<std::mutex> lock(g_alg_mutex);
-  g_alg_ids[key] = chosen;
-  return chosen;
+  return g_alg_ids.emplace(key, chosen).first->second;  // a concurrent search keeps the first verdict
+}
+
+// How b (K, N) is passed: row-major or column-major view as is, else a contiguous copy.
+struct BLayout {
+  bool col = false, copy = false;
+  int64_t ld = 0;
+};
+BLayout b_layout(const at::Tensor& b, int64_t K, int64_t N) {
+  auto aligned = (reinterpret_cast<uintptr_t>(b.data_ptr()) & 15u) == 0;
+  if (b.stride(1) == 1 && b.stride(0) >= N && b.stride(0) % 8 == 0 && aligned) return {false, false, b.stride(0)};
+  if (b.stride(0) == 1 && b.stride(1) >= K && b.stride(1) % 8 == 0 && aligned) return {true, false, b.stride(1)};
+  return {false, true, N};
+}
+
+std::string plan_refusal(const Plan& p, const PlanKey& k) {
+  std::ostringstream os;
+  os << p.where << " returned " << status_name(p.why) << " for (M, K, N) = (" << k.M << ", " << k.K << ", " << k.N
+     << "), " << c10::toString(static_cast<at::ScalarType>(k.dt)) << " -> "
+     << c10::toString(static_cast<at::ScalarType>(k.out_dt)) << (k.b_col_major ? ", b column-major" : "")
+     << (k.d_col_major ? ", transposed result" : "");
+  return os.str();
 }
 
 }  // namespace
@@ -280,8 +409,11 @@ std::string static_unsupported_reason(int64_t M, int64_t K, int64_t N, at::Scala
   if (dt != at::kHalf && dt != at::kBFloat16) {
     // cuSPARSELt's 50% sparsity for fp32 is 1:2 (TF32), not 2:4.
     os << "cuSPARSELt 2:4 serves float16/bfloat16 only, got " << c10::toString(dt);
-  } else if (out_dt != dt && out_dt != at::kFloat) {
-    os << "out_dtype " << c10::toString(out_dt) << " with inputs of " << c10::toString(dt);
+  } else if (out_dt != dt) {
+    // cuSPARSELt's type table pairs 16F / 16BF inputs only with an output of the same type
+    // (a different output type exists for int8 / fp8 inputs only), as PyTorch's _cslt_sparse_mm does.
+    os << "cuSPARSELt pairs " << c10::toString(dt) << " inputs only with a " << c10::toString(dt)
+       << " output, got out_dtype " << c10::toString(out_dt);
   } else if (M % 16 || K % 16 || N % 16) {
     // Every dimension a multiple of 16 elements keeps rows 16-byte aligned and matches the
     // tile rules of cuSPARSELt 0.8 for 16-bit types.
@@ -353,51 +485,114 @@ std::optional<at::Tensor> try_mm(const char* op, const at::Tensor& compressed, i
   // Every descriptor promises 16-byte aligned data. The buffer from sparse24_cslt_compress is, but a
   // caller may pass a view into a larger byte tensor at any offset: realign it with a copy.
   const at::Tensor a_buf = is_aligned(compressed) ? compressed : compressed.clone();
-  // B: row-major or column-major view as is; anything else (or misaligned) gets a contiguous copy.
-  at::Tensor b = b_in;
-  bool b_col = false;
-  int64_t ldb = N;
-  if (b.stride(1) == 1 && b.stride(0) >= N && b.stride(0) % 8 == 0 && is_aligned(b)) {
-    ldb = b.stride(0);
-  } else if (b.stride(0) == 1 && b.stride(1) >= K && b.stride(1) % 8 == 0 && is_aligned(b)) {
-    b_col = true;
-    ldb = b.stride(1);
-  } else {
-    b = b_in.clone(at::MemoryFormat::Contiguous);
-    ldb = N;
-  }
+  const BLayout bl = b_layout(b_in, K, N);
+  const at::Tensor b = bl.copy ? b_in.clone(at::MemoryFormat::Contiguous) : b_in;
   at::Tensor out = transpose_result ? at::empty({N, M}, b.options().dtype(out_dtype))
                                     : at::empty({M, N}, b.options().dtype(out_dtype));
-  // Bias (N,) enters as C with beta = 1: the addition happens in the epilogue, before the single
-  // rounding to out_dtype (cuSPARSELt's own bias vector runs along M, not N).
+  // Bias (N,) enters as a full C (M, N) with beta = 1: the addition happens in the epilogue, before
+  // the single rounding to out_dtype (cuSPARSELt's own bias vector runs along M, not N). Cost: one
+  // expanded M x N copy and one extra M x N read (see bench/results/README.md, 'Bias').
   at::Tensor c;
   if (bias.has_value()) {
     auto bv = bias->to(out_dtype);
     c = transpose_result ? bv.view({N, 1}).expand({N, M}).contiguous() : bv.view({1, N}).expand({M, N}).contiguous();
   }
-  PlanKey key{b.get_device(), M, K, N, ldb, transpose_result ? M : N, static_cast<int>(dt),
-              static_cast<int>(out_dtype), b_col, transpose_result, bias.has_value(), -1};
+  PlanKey key{b.get_device(), M, K, N, bl.ld, transpose_result ? M : N, static_cast<int>(dt),
+              static_cast<int>(out_dtype), bl.col, transpose_result, bias.has_value(), AlgChoice{}};
   cusparseStatus_t hs = CUSPARSE_STATUS_SUCCESS;
   auto* h = handle_for(op, b.get_device(), &hs);
   if (h == nullptr) {
-    if (why) *why = std::string("cusparseLtInit returned ") + status_name(hs);
+    if (why) *why = std::string("cusparseLtInit returned ") + status_name(hs) + " on this GPU";
     return std::nullopt;
   }
   cudaStream_t stream = at::cuda::getCurrentCUDAStream().stream();
-  if (search_enabled()) key.alg_id = searched_alg_id(op, h, key, a_buf, b, c.defined() ? &c : nullptr, out, stream);
   Plan* p = plan_for(op, h, key);
   if (!p->ok) {
-    if (why) {
-      std::ostringstream os;
-      os << p->where << " returned " << status_name(p->why) << " for (M, K, N) = (" << M << ", " << K << ", " << N
-         << "), " << c10::toString(dt) << " -> " << c10::toString(out_dtype) << (b_col ? ", b column-major" : "")
-         << (transpose_result ? ", transposed result" : "");
-      *why = os.str();
-    }
+    if (why) *why = plan_refusal(*p, key);
     return std::nullopt;
+  }
+  if (search_enabled()) {
+    key.alg = searched_alg(op, h, key, b.options(), stream);
+    p = plan_for(op, h, key);
+    TORCH_CHECK(p->ok, op, ": internal error: the verified searched plan could not be rebuilt");
   }
   run_plan(op, h, p, a_buf, b, c.defined() ? &c : nullptr, out, stream);
   return out;
+}
+
+std::string mm_refusal(const char* op, int64_t M, int64_t K, const at::Tensor& b, bool with_bias,
+                       at::ScalarType out_dtype, bool transpose_result) {
+  const int64_t N = b.size(1);
+  const auto dt = b.scalar_type();
+  std::string reason = static_unsupported_reason(M, K, N, dt, out_dtype);
+  if (!reason.empty()) return reason;
+  c10::cuda::CUDAGuard guard(b.device());
+  const BLayout bl = b_layout(b, K, N);
+  PlanKey key{b.get_device(), M, K, N, bl.ld, transpose_result ? M : N, static_cast<int>(dt),
+              static_cast<int>(out_dtype), bl.col, transpose_result, with_bias, AlgChoice{}};
+  cusparseStatus_t hs = CUSPARSE_STATUS_SUCCESS;
+  auto* h = handle_for(op, b.get_device(), &hs);
+  if (h == nullptr) return std::string("cusparseLtInit returned ") + status_name(hs) + " on this GPU";
+  Plan* p = plan_for(op, h, key);  // cached: try_mm finds it again
+  return p->ok ? std::string() : plan_refusal(*p, key);
+}
+
+void warn_fallback(const char* op, const std::string& why) {
+  // one warning per distinct reason: the reason with its numbers (shapes) left out, so that a
+  // token count that changes every call does not warn every call
+  std::string key = op;
+  key += ':';
+  bool in_number = false;
+  for (char ch : why) {
+    const bool digit = std::isdigit(static_cast<unsigned char>(ch)) != 0;
+    if (!digit) key += ch;
+    else if (!in_number) key += '#';
+    in_number = digit;
+  }
+  static std::mutex mu;
+  static std::set<std::string> seen;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    if (!seen.insert(key).second) return;
+  }
+  TORCH_WARN(op, ": cuSPARSELt cannot serve this problem (", why,
+             "); using a dense GEMM on the decompressed operand instead (fp32 accumulation, one rounding: the "
+             "same contract, no 2:4 speed-up). Warned once per distinct reason.");
+}
+
+int runtime_version() {
+  static const int v = []() {
+    int major = -1, minor = 0, patch = 0;
+    if (cusparseLtGetProperty(MAJOR_VERSION, &major) != CUSPARSE_STATUS_SUCCESS ||
+        cusparseLtGetProperty(MINOR_VERSION, &minor) != CUSPARSE_STATUS_SUCCESS ||
+        cusparseLtGetProperty(PATCH_LEVEL, &patch) != CUSPARSE_STATUS_SUCCESS) {
+      return -1;
+    }
+    return major * 1000 + minor * 100 + patch;
+  }();
+  return v;  // the loaded library does not change within a process
+}
+
+int header_version() { return SP24_CSLT_MAJOR * 1000 + SP24_CSLT_MINOR * 100 + SP24_CSLT_PATCH; }
+
+std::string version_mismatch() {
+  const int rt = runtime_version(), hd = header_version();
+  std::ostringstream os;
+  if (rt < 0) {
+    os << "cannot read the loaded cuSPARSELt's version (cusparseLtGetProperty failed)";
+  } else if (rt / 100 != hd / 100) {
+    // same major.minor: the API and the compressed layout sp24 was built for; a newer patch
+    // (e.g. 0.8.1 over 0.8.0, same SONAME) is allowed and recorded in every benchmark JSON
+    os << "the loaded cuSPARSELt is " << rt / 1000 << "." << (rt % 1000) / 100 << "." << rt % 100
+       << " but sp24 was compiled against cuSPARSELt " << version()
+       << " headers; rebuild sp24 against the cuSPARSELt that torch loads (pip install --no-build-isolation -e .)";
+  }
+  return os.str();
+}
+
+int64_t device_arch(int device) {
+  const auto* prop = at::cuda::getDeviceProperties(device);
+  return prop->major * 10 + prop->minor;
 }
 
 namespace {

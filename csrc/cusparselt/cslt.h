@@ -7,10 +7,19 @@
 //             thread, and a handle is tied to the device that was current when it was created.
 //   plans     cached per thread, keyed by every input of the plan (device, M, K, N, dtypes, layouts,
 //             leading dims, C/bias, algorithm id).
-//   search    opt-in (env SP24_CSLT_SEARCH=1): cusparseLtMatmulSearch once per shape key; the id it
-//             picks is run once and compared with the default id's result before it is trusted
-//             (cuSPARSELt has returned wrong results for some ids: pytorch/pytorch#155333); on a
-//             mismatch the default id is kept and a warning says so. Chosen ids are process-wide.
+//   search    opt-in (env SP24_CSLT_SEARCH=1): cusparseLtMatmulSearch once per plan key, on a seeded
+//             synthetic operand (never the caller's data), never during a CUDA graph capture (the
+//             default serves the capture). The chosen id (bounded by CONFIG_MAX_ID) and its split-K
+//             attributes (SPLIT_K, SPLIT_K_MODE, SPLIT_K_BUFFERS) are read back, so the plan served
+//             is the plan timed. It is trusted only after reproducing the default algorithm's bits on
+//             3 exact small-integer synthetic operands (cuSPARSELt has returned wrong results for
+//             some ids, intermittently: pytorch/pytorch#155333). A disagreement or any failure of
+//             the search keeps the default, with a warning. Chosen algorithms are process-wide.
+//   errors    only CUSPARSE_STATUS_NOT_SUPPORTED and CUSPARSE_STATUS_ARCH_MISMATCH mean "fall back"
+//             (is_unsupported); every other status raises with cuSPARSELt's error name. An
+//             ARCH_MISMATCH from cusparseLtInit is cached per device (not retried every call).
+//   versions  the first handle checks that the loaded library has the header's major.minor
+//             (version_mismatch); sp24 needs cuSPARSELt >= 0.8 (CMake refuses older headers).
 #pragma once
 #include <ATen/ATen.h>
 
@@ -28,7 +37,29 @@ namespace cslt {
 int64_t compressed_bytes(int64_t M, int64_t K, at::ScalarType dt);
 
 // A reason why cuSPARSELt cannot serve this problem from the static rules, or "" if it may.
+// Refuses, among others, an out_dt other than dt (16-bit inputs pair only with the same output type).
 std::string static_unsupported_reason(int64_t M, int64_t K, int64_t N, at::ScalarType dt, at::ScalarType out_dt);
+
+// The static rules, then the plan (built and cached, cheap next time) for A (M, K) @ b: a reason
+// why cuSPARSELt refuses it, or "". Called before compressing, so that a refused problem does not
+// pay for a compression it cannot use.
+std::string mm_refusal(const char* op, int64_t M, int64_t K, const at::Tensor& b, bool with_bias,
+                       at::ScalarType out_dtype, bool transpose_result);
+
+// The statuses that mean "not this problem / not this GPU" (a fallback); every other one is an error.
+bool is_unsupported(int status);
+
+// Warns that sparse24_mm falls back to the dense GEMM, once per distinct reason (numbers ignored).
+void warn_fallback(const char* op, const std::string& why);
+
+// cuSPARSELt versions as major*1000 + minor*100 + patch: the loaded library (-1 if unreadable;
+// needs no GPU) and the headers sp24 was compiled against.
+int runtime_version();
+int header_version();
+// "" if the loaded library has the headers' major.minor, else what is wrong and the remedy.
+std::string version_mismatch();
+// major*10 + minor of a CUDA device (part of a GEMM-ready buffer's identity).
+int64_t device_arch(int device);
 
 // Compress a dense 2:4 matrix a (M, K), contiguous, on CUDA: a 1-D uint8 buffer in cuSPARSELt's
 // own layout (row-major A, op N) of compressed_bytes(M, K, a.dtype) bytes when sp24_size (the op's
@@ -41,7 +72,8 @@ std::optional<at::Tensor> try_compress(const char* op, const at::Tensor& a, bool
 // `dense` returns its dense matrix (made only when cusparseLtSpMMACompress is called).
 // Direct writer: for 16-bit operands with M % 64 == 0 and K % 32 == 0 on sm_90 the buffer can be written
 // straight from (values, indices) (values copied, metadata by sp24/cslt_layout.h): no dense matrix,
-// no cuSPARSELt compression. That layout is reverse-engineered, so it is used for a (device, dtype,
+// no cuSPARSELt compression (public evidence for the layout covers M % 64 == 0 and K % 64 == 0;
+// expect the check to refuse K % 64 == 32). That layout is reverse-engineered, so it is used for a (device, dtype,
 // M, K, size) key only after the buffer it wrote for the first operand of that key was byte-equal to
 // cuSPARSELt's own; on a mismatch a warning says so and cuSPARSELt keeps compressing that key.
 // SP24_CSLT_DIRECT=0 turns the direct writer off.

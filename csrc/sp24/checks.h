@@ -4,8 +4,11 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <initializer_list>
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "sp24/params.h"
 #include "sp24/select.h"
@@ -92,12 +95,29 @@ inline void check_columns(const char* op, const char* name, const at::Tensor& c,
   check_same_device(op, other_name, other, name, c);
 }
 
-// Out-of-range columns would read outside the input: refuse them on CPU (one host sync; on CUDA
-// the kernels clamp them instead, since the FFN backward must not sync, and the Python API checks).
-inline void check_columns_range(const char* op, const char* name, const at::Tensor& c, int64_t n) {
-  if (c.numel() == 0) return;
-  const int64_t lo = c.min().item<int64_t>(), hi = c.max().item<int64_t>();
-  SP24_CHECK(lo >= 0 && hi < n, op, ": ", name, " must lie in [0, ", n, "), got values in [", lo, ", ", hi, "]");
+// Column ids outside [0, n) would read outside the input: every device refuses them with the same
+// words, here in the glue shared by the CPU and CUDA ops (the Meta/fake op has no values to check).
+// One transfer for all the lists of an op: on CUDA that is one host sync per call, the price of
+// raising like the CPU does (the kernels also clamp, so even unchecked ids never address memory
+// outside the input).
+inline void check_columns_range(const char* op, std::initializer_list<std::pair<const char*, const at::Tensor*>> lists,
+                                int64_t n) {
+  std::vector<at::Tensor> ends;
+  for (const auto& [name, c] : lists) {
+    if (c->numel() == 0) continue;
+    auto [lo, hi] = at::aminmax(*c);
+    ends.push_back(lo.reshape({1}));
+    ends.push_back(hi.reshape({1}));
+  }
+  if (ends.empty()) return;
+  const at::Tensor host = at::cat(ends).cpu();
+  const int64_t* e = host.data_ptr<int64_t>();
+  for (const auto& [name, c] : lists) {
+    if (c->numel() == 0) continue;
+    const int64_t lo = e[0], hi = e[1];
+    e += 2;
+    SP24_CHECK(lo >= 0 && hi < n, op, ": ", name, " must lie in [0, ", n, "), got values in [", lo, ", ", hi, "]");
+  }
 }
 
 inline int parse_algo(const char* op, c10::string_view algo) {

@@ -9,6 +9,10 @@
 //       off = band*(8*K) + c32*256 + r16*64 + r8*8 + p*4 + h*2 + e
 //   = nib(row, g) | nib(row + 8, g) << 4,  row = 64*band + 16*r16 + r8,  g = 8*c32 + 4*e + 2*p + h,
 //   nib(r, g) = idx[r, 2g] | idx[r, 2g + 1] << 2   (the canonical indices, increasing in a group).
+//
+// Expected domain: the public evidence for this layout (torchao's sm90 kernels and their tests)
+// covers M % 64 == 0 and K % 64 == 0 only. For K % 64 == 32 the formula is an extrapolation; expect
+// the per-shape check to refuse such shapes (cuSPARSELt then compresses them: correct, slower).
 #pragma once
 #include <cstdint>
 
@@ -27,6 +31,22 @@ namespace sp24 {
 template <typename I>
 I cslt_bytes(const I& M, const I& K, int64_t es) {
   return M * (K / 2) * es + ((M + 127) / 128 * 128) * ((K + 127) / 128 * 128) / 8;
+}
+
+// cslt_bytes for concrete sizes, overflow-checked: false (and *out untouched) when M or K is
+// negative or any intermediate does not fit in int64_t (e.g. M = 2**60 + 128, K = 16 would wrap to
+// 4096 bytes in the unchecked formula). Host only.
+inline bool cslt_bytes_checked(int64_t M, int64_t K, int64_t es, int64_t* out) {
+  if (M < 0 || K < 0 || es <= 0) return false;
+  int64_t values = 0, rows = 0, cols = 0, meta = 0, total = 0;
+  if (__builtin_mul_overflow(M, K / 2, &values) || __builtin_mul_overflow(values, es, &values)) return false;
+  if (__builtin_add_overflow(M, int64_t{127}, &rows) || __builtin_add_overflow(K, int64_t{127}, &cols)) return false;
+  rows = rows / 128 * 128;
+  cols = cols / 128 * 128;
+  if (__builtin_mul_overflow(rows, cols, &meta)) return false;
+  if (__builtin_add_overflow(values, meta / 8, &total)) return false;
+  *out = total;
+  return true;
 }
 
 // True where the candidate layout is defined.

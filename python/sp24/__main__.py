@@ -21,8 +21,8 @@ def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
         return False
     if not a.is_floating_point():
         return torch.equal(a, b)
-    an, bn = a.isnan(), b.isnan()
-    return torch.equal(an, bn) and torch.equal(a.view(_IV[a.dtype])[~an], b.view(_IV[b.dtype])[~bn])
+    # every bit, NaNs included (a selected NaN keeps its bits, an arithmetic one is canonical)
+    return torch.equal(a.contiguous().view(_IV[a.dtype]), b.contiguous().view(_IV[b.dtype]))
 
 
 def _checks(device: str, dtype: torch.dtype, seed: int):

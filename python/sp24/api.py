@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
 from . import _C, _ops
+from . import autograd as _autograd
 from .tensor import Sp24Tensor
 
 
@@ -22,65 +25,216 @@ def _row_major(x: Tensor) -> Tensor:
     return x if x.dim() != 2 or x.size(1) <= 1 or x.stride(1) == 1 else x.contiguous()
 
 
-def sparsify24(x: Tensor, algo: str = "largest", activation: Optional[str] = None) -> Sp24Tensor:
-    """Keep the 2 largest of every 4 consecutive values along the last dim of x (M, K).
+def _check_gradient(op: str, gradient: str) -> None:
+    if gradient not in _autograd.GRADIENTS:
+        raise ValueError(f"sp24.{op}: gradient must be '24sparse' (the gradient masked by the forward pattern), "
+                         f"'ste' (straight-through) or '24dense' (xformers' name; the same as '24sparse' here), "
+                         f"got {gradient!r}")
 
-    algo: "largest" (by value) or "largest_abs" (by magnitude). activation="relu2" applies
-    Squared-ReLU first (fused; the selection ranks the activated values). Ties: lower index
-    wins; NaN ranks above everything; -0.0 == 0.0.
+
+def _ste(x: Tensor, activation: Optional[str], columns: Optional[Tensor], transposed: bool, gradient: str):
+    # kept only while x can receive a gradient: a "ste" result then holds x for its backward
+    if gradient == "ste" and torch.is_grad_enabled() and x.requires_grad:
+        return (x, activation, columns, transposed)
+    return None
+
+
+def sparsify24(x: Tensor, algo: str = "largest", activation: Optional[str] = None, *,
+               gradient: str = "24sparse") -> Sp24Tensor:
+    r"""Keep the 2 largest of every 4 consecutive values along the last dim of ``x``.
+
+    Ties: the lower index wins; NaN ranks above everything (it is kept); ``-0.0 == 0.0``.
+    Differentiable w.r.t. ``x``.
+
+    Default ``algo``: ``"largest"`` here (activations after relu2 are >= 0, so by value is by
+    magnitude), but ``"largest_abs"`` in :func:`sparsify24_transposed` (gradients are signed).
+
+    Args:
+        x (Tensor): (..., K) float16, bfloat16 or float32, K a multiple of 4; any leading dims,
+            any device. A last dim with stride != 1 is copied once.
+        algo (str): ``"largest"`` (by value, default) or ``"largest_abs"`` (by magnitude).
+        activation (str, optional): ``"relu2"`` applies Squared-ReLU first, fused (computed in
+            fp32, rounded once; the selection ranks the activated values). Default: None.
+        gradient (str): how ``x`` receives a gradient. ``"24sparse"`` (default): the gradient
+            of the dense result masked by the forward pattern (dropped positions get 0).
+            ``"ste"``: straight-through, every position gets the gradient of the dense result
+            (through :meth:`Sp24Tensor.to_dense` and products; :meth:`Sp24Tensor.values` only
+            has kept positions). ``"24dense"``: xformers' name, the same as ``"24sparse"``
+            (sp24's gradients are dense tensors). With ``activation="relu2"`` the gradient is
+            multiplied by ``2*relu(x)``, in fp32, rounded once. When a gradient is to be
+            computed, ``"ste"`` and ``activation="relu2"`` keep ``x`` for the backward.
+
+    Returns:
+        Sp24Tensor: dense shape (..., K) = ``x.shape``; ``values()``/``indices()`` are
+        (..., K/2), ``to_dense()`` is (..., K), ``s @ w`` is (..., N).
+
+    Raises:
+        TypeError: ``x`` is not a tensor, or its dtype is not float16/bfloat16/float32.
+        ValueError: ``x`` is 0-D, K is not a multiple of 4, or ``algo``, ``activation`` or
+            ``gradient`` is not one of the names above.
+
+    Example::
+
+        >>> x = torch.tensor([[1.0, -3.0, 2.0, 0.5]], requires_grad=True)
+        >>> s = sp24.sparsify24(x)
+        >>> s.to_dense()
+        tensor([[1., 0., 2., 0.]], grad_fn=<...>)
+        >>> (s @ torch.ones(4, 1)).sum().backward()
+        >>> x.grad
+        tensor([[1., 0., 1., 0.]])
     """
-    x = _row_major(_as_tensor("sparsify24", "x", x))
-    values, indices, _ = _ops.sparsify24(x, algo, activation, False)
-    return Sp24Tensor(values, indices)
+    x = _as_tensor("sparsify24", "x", x)
+    if x.dim() < 1:
+        raise ValueError("sp24.sparsify24: x must have shape (..., K), got a 0-D tensor")
+    _check_gradient("sparsify24", gradient)
+    _autograd.check_func_transform("sp24.sparsify24", x)
+    lead = x.shape[:-1]
+    x2d = _row_major(x if x.dim() == 2 else x.reshape(math.prod(lead), x.shape[-1]))
+    values, indices, _ = _ops.sparsify24(x2d, algo, activation, False)
+    return Sp24Tensor._wrap(values, indices, lead, ste=_ste(x2d, activation, None, False, gradient))
+
+
+def _columns_tensor(columns) -> Tensor:
+    cols = list(columns)
+    for i, c in enumerate(cols):
+        ok = isinstance(c, numbers.Integral) and not isinstance(c, bool)
+        if isinstance(c, Tensor):
+            ok = c.dim() == 0 and not c.is_floating_point() and not c.is_complex() and c.dtype != torch.bool
+        if not ok:
+            raise TypeError(f"sp24.sparsify24_transposed: columns must be integers, got {c!r} "
+                            f"({type(c).__name__}) at position {i}")
+    return torch.tensor([int(c) for c in cols], dtype=torch.int64)
 
 
 def sparsify24_transposed(x: Tensor, algo: str = "largest_abs",
-                          columns: Union[Tensor, Sequence[int], None] = None) -> Sp24Tensor:
-    """Fused sparsify-transpose: a Sp24Tensor representing x.T (or x[:, columns].T, columns in
-    the given order), 2:4 along its last dim, i.e. along the rows (tokens) of x (T, N)."""
+                          columns: Union[Tensor, Sequence[int], None] = None, *,
+                          gradient: str = "24sparse") -> Sp24Tensor:
+    r"""Fused sparsify-transpose: 2:4 of ``x.T`` (or ``x[:, columns].T``) along its last dim, i.e.
+    along the rows (tokens) of ``x``, without materialising the transpose.
+
+    Same selection as ``sparsify24(x.T.contiguous(), algo)``. Default ``algo``:
+    ``"largest_abs"`` here, but ``"largest"`` in :func:`sparsify24`. Differentiable w.r.t. ``x``
+    (a column listed twice receives both gradients).
+
+    Args:
+        x (Tensor): (T, N) float16, bfloat16 or float32, T a multiple of 4.
+        algo (str): ``"largest_abs"`` (by magnitude, default) or ``"largest"`` (by value).
+        columns (Tensor or sequence of int, optional): the columns of ``x`` to take, in this
+            order (1-D int64 tensor or a list of ints; floats and bools are refused). Default:
+            all, in order.
+        gradient (str): ``"24sparse"`` (default), ``"ste"`` or ``"24dense"``, as in
+            :func:`sparsify24`.
+
+    Returns:
+        Sp24Tensor: dense shape (C, T), C = ``len(columns)`` or N.
+
+    Raises:
+        TypeError: ``x`` is not a tensor; ``columns`` holds a non-integer.
+        ValueError: T is not a multiple of 4, a column is out of range, or ``algo``/``gradient``
+            is unknown.
+
+    Example::
+
+        >>> x = torch.arange(8.0).reshape(4, 2)
+        >>> sp24.sparsify24_transposed(x, columns=[1]).to_dense()
+        tensor([[0., 0., 5., 7.]])
+    """
     x = _row_major(_as_tensor("sparsify24_transposed", "x", x))
+    _check_gradient("sparsify24_transposed", gradient)
+    _autograd.check_func_transform("sp24.sparsify24_transposed", x)
     if columns is not None:
         if not isinstance(columns, Tensor):
-            columns = torch.as_tensor(list(columns), dtype=torch.int64)
+            columns = _columns_tensor(columns)
         if columns.dtype != torch.int64 and not columns.is_floating_point() and columns.dtype != torch.bool:
             columns = columns.to(torch.int64)
-        columns = columns.to(x.device)
-        # The CPU kernel checks the range itself; the CUDA one clamps (no sync inside the op), so
-        # the public API checks here, with the same words.
-        if (x.device.type != "cpu" and columns.dim() == 1 and columns.dtype == torch.int64 and columns.numel() > 0
-                and x.dim() == 2):
-            lo, hi = int(columns.min()), int(columns.max())
-            if lo < 0 or hi >= x.size(1):
-                raise ValueError(f"sp24.sparsify24_transposed: columns must lie in [0, {x.size(1)}), "
-                                 f"got values in [{lo}, {hi}]")
+        columns = columns.to(x.device)  # the op checks the range, on every device
     values, indices = _ops.sparsify24_transposed(x, algo, columns)
-    return Sp24Tensor(values, indices)
+    return Sp24Tensor._wrap(values, indices, ste=_ste(x, None, columns, True, gradient))
+
+
+def _needs_grad(*ts) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
 
 
 def mm(a: Sp24Tensor, b: Tensor, bias: Optional[Tensor] = None,
        out_dtype: Optional[torch.dtype] = None) -> Tensor:
-    """a @ b (+ bias) for a 2:4 `a` (M, K) and a dense b (K, N) -> (M, N); fp32 accumulation."""
+    r"""``a @ b + bias`` for a 2:4 ``a`` and a dense ``b``; fp32 accumulation, one rounding.
+
+    Differentiable w.r.t. ``a``'s values (and through them the input of :func:`sparsify24`),
+    ``b`` and ``bias``; the backward runs dense fp32 GEMMs. On CUDA, without a gradient to
+    compute, the product reuses ``a``'s GEMM-ready cuSPARSELt buffer (:meth:`Sp24Tensor.packed`).
+
+    Args:
+        a (Sp24Tensor): dense shape (..., K).
+        b (Tensor): (K, N), the same dtype and device as ``a``.
+        bias (Tensor, optional): (N,), the same dtype as ``a``.
+        out_dtype (torch.dtype, optional): float16, bfloat16 or float32. Default: ``a.dtype``.
+
+    Returns:
+        Tensor: (..., N).
+
+    Raises:
+        TypeError: ``a`` is not a Sp24Tensor or ``b`` not a tensor.
+        ValueError: shapes, dtypes or devices do not match.
+
+    Example::
+
+        >>> a = sp24.sparsify24(torch.tensor([[1.0, -3.0, 2.0, 0.5]]))
+        >>> sp24.mm(a, torch.ones(4, 2), bias=torch.tensor([0.5, 0.0]))
+        tensor([[3.5000, 3.0000]])
+    """
     if not isinstance(a, Sp24Tensor):
         raise TypeError(f"sp24.mm: a must be a sp24.Sp24Tensor (from sp24.sparsify24), got {type(a).__name__}")
     b = _as_tensor("mm", "b", b)
-    if (a._gemm_ready() and b.dim() == 2 and b.size(0) == a.shape[1] and b.size(1) % 16 == 0 and b.size(1) > 0
-            and b.dtype == a.dtype and b.device == a.device):
-        # CUDA: reuse the cuSPARSELt buffer the Sp24Tensor holds (compressed once, on first use)
-        return _ops.cslt_mm(a.packed(), a.shape[0], a.shape[1], b, bias, out_dtype, False)
-    return _ops.mm(a.values(), a.indices(), b, bias, out_dtype)
+    _autograd.check_func_transform("sp24.mm", a._values, b, bias)
+    M, K = a._values.shape[0], 2 * a._values.shape[1]
+    src = a._ste_src()
+    if src is not None:
+        _, act, cols, transposed = a._ste
+        out = _autograd._SteMM.apply(src, a._values.detach(), a._indices, b, bias, out_dtype, act, cols, transposed)
+    elif (a._gemm_ready() and b.dim() == 2 and b.size(0) == K and b.size(1) % 16 == 0 and b.size(1) > 0
+            and b.dtype == a.dtype and b.device == a.device and out_dtype in (None, a.dtype)
+            and not _needs_grad(a._values, b, bias)):
+        # CUDA: reuse the cuSPARSELt buffer the Sp24Tensor holds (compressed once, on first use,
+        # again after an in-place change), checked against its identity. A float32 out_dtype takes
+        # sparse24_mm, whose dense fallback keeps the contract (cuSPARSELt has no 16-bit -> fp32).
+        # sparse24_cslt_mm has no backward, so only when no gradient is needed.
+        out = _ops.cslt_mm(a.packed(), M, K, b, bias, out_dtype, False, a._packed_identity())
+    else:
+        out = _ops.mm(a._values, a._indices, b, bias, out_dtype)
+    return out if a.dim() == 2 else out.reshape(*a._lead, out.shape[-1])
 
 
 @torch.no_grad()
 def stats(x: Tensor) -> dict:
-    """Sparsity statistics of an activation x (..., F), tokens = all leading dims.
+    r"""Sparsity statistics of an activation ``x`` (..., F); the tokens are all leading dims.
 
-    zero_fraction: fraction of exact zeros; drop_rowwise / drop_tokenwise: fraction of the
-    non-zeros that a 2:4 sparsification along F (rows) / along the tokens would drop.
+    Runs without autograd; an empty ``x`` gives zeros.
+
+    Args:
+        x (Tensor): (..., F), float16, bfloat16 or float32, at least 1-D.
+
+    Returns:
+        dict: ``numel``, ``nonzeros``, ``zero_fraction`` (fraction of exact zeros),
+        ``drop_rowwise`` / ``drop_tokenwise`` (fraction of the non-zeros that a 2:4
+        sparsification along F / along the tokens would drop; ``"largest_abs"``).
+
+    Raises:
+        TypeError: ``x`` is not a tensor, or another dtype (e.g. float64: cast it first).
+        ValueError: ``x`` is 0-D.
+
+    Example::
+
+        >>> sp24.stats(torch.tensor([[0.0, 3.0, 1.0, 2.0]]))["drop_rowwise"]
+        0.3333333333333333
     """
     x = _as_tensor("stats", "x", x)
     if x.dim() < 1:
         raise ValueError(f"sp24.stats: x must have at least 1 dim (..., F), got a 0-D tensor")
-    x2 = x.reshape(-1, x.shape[-1]) if x.dim() != 2 else x
+    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise TypeError(f"sp24.stats: x.dtype must be torch.float16, torch.bfloat16 or torch.float32, got {x.dtype}; "
+                        f"cast x first (x.float(); note a float64 value below float32's range becomes 0)")
+    x2 = x.reshape(math.prod(x.shape[:-1]), x.shape[-1]) if x.dim() != 2 else x
     T, F = x2.shape
     nnz = int(torch.count_nonzero(x2)) if x2.numel() else 0
     # zero padding to multiples of 4 changes neither the non-zeros nor what 2:4 keeps of them
@@ -99,7 +253,20 @@ def stats(x: Tensor) -> dict:
 
 
 def build_info() -> dict:
-    """Versions the extension was built with and runs under, and which kernels exist."""
+    r"""Versions sp24 was built with and runs under, and which kernels exist.
+
+    Returns:
+        dict: ``torch_version`` / ``cuda_version`` / ``cuda_archs`` / ``cusparselt_version`` of the
+        build (and the rest of ``sp24._C.build_info()``), ``torch_runtime_version``,
+        ``cuda_available``, ``gpu`` (name or None), ``cusparselt_runtime_version`` (None without
+        one), ``kernels``: {"CPU" | "Meta" | "CUDA": the torch.ops.sp24 ops with a kernel there}.
+
+    Example::
+
+        >>> info = sp24.build_info()
+        >>> "sparsify24" in info["kernels"]["CPU"]
+        True
+    """
     info = dict(_C.build_info())
     info["torch_runtime_version"] = torch.__version__
     info["cuda_available"] = torch.cuda.is_available()

@@ -96,21 +96,34 @@ def _make_permutation(T: int, device: torch.device) -> tuple[Tensor, Tensor]:
 _PERM_CACHE: dict = {}
 
 
+def _cacheable(device: torch.device) -> bool:
+    # Only real tensors made outside any dispatch mode are cached: a permutation made on meta or
+    # under FakeTensorMode (or another TorchDispatchMode, e.g. a tracer) would be a fake/meta
+    # tensor handed to later real forwards (issue #11).
+    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+    return device.type != "meta" and not _get_current_dispatch_mode_stack()
+
+
 def token_permutation(T: int, device="cpu") -> tuple[Tensor, Tensor]:
     """(perm, inverse) of the fixed token permutation for T tokens: X_ffn = X[perm].
 
     Deterministic (seeded hash, the same on every device), one per (T, device), cached in eager
-    mode; under torch.compile it is traced (a few integer ops and an argsort of T keys).
+    mode for real devices outside any dispatch mode; on meta, under FakeTensorMode (or any
+    TorchDispatchMode) and under torch.compile it is recomputed, never cached (a few integer ops
+    and an argsort of T keys).
     """
     device = torch.device(device)
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or not _cacheable(device):
         return _make_permutation(T, device)
     key = (int(T), device)
     hit = _PERM_CACHE.get(key)
     if hit is None:
         if len(_PERM_CACHE) > 64:
             _PERM_CACHE.clear()
-        hit = _PERM_CACHE[key] = _make_permutation(int(T), device)
+        # made as normal tensors even under torch.inference_mode(): an inference tensor in the
+        # cache could not be saved for backward by a later training forward
+        with torch.inference_mode(False):
+            hit = _PERM_CACHE[key] = _make_permutation(int(T), device)
     return hit
 
 
@@ -143,14 +156,17 @@ class _SparseReLU2FFN(torch.autograd.Function):
     # A torch.autograd.Function (not a custom_op): it is made of sp24 ops that already have
     # Meta kernels, so Dynamo traces forward and backward into the graph with fullgraph=True and
     # no extra fake implementation is needed (tests/test_compile.py).
+    # forward / setup_context are separate (torch.func.grad works); the compressed Y2, its packed
+    # pattern and the counts are returned as extra, non-differentiable outputs so that
+    # setup_context can save them; relu2_ffn returns only the first output.
 
     @staticmethod
-    def forward(ctx, x2d, w1, w2, b1, b2, perm, inv_perm, n_dense, out_shape):
+    def forward(x2d, w1, w2, b1, b2, perm, inv_perm, n_dense, out_shape, need_counts):
         T, d = x2d.shape
         pad = (-T) % TOKEN_ALIGN
         X = _pad_rows(x2d if perm is None else x2d.index_select(0, perm), pad)
         y1 = F_.linear(X, w1, b1)
-        need_counts = any(ctx.needs_input_grad[:5])  # the feature split is a backward-only need
+        # the counts drive the feature split, a backward-only need
         values, indices, counts = _ops.sparsify24(y1, "largest", "relu2", need_counts)
         if pad and b1 is not None:
             # padded tokens: Y1 = b1 there; zero their Y2 so they can never win a token-direction
@@ -170,14 +186,50 @@ class _SparseReLU2FFN(torch.autograd.Function):
             else:
                 out.view(-1, d).index_copy_(0, perm, y3[:T])
         # the pattern is saved packed, 4 indices a byte (F % 8 == 0 in sparse mode): T*F/8 bytes
-        ctx.save_for_backward(x2d, w1, w2, values, pack_indices(indices), counts, perm, inv_perm)
-        ctx.n_dense = n_dense
-        ctx.has_b1, ctx.has_b2 = b1 is not None, b2 is not None
-        return out
+        return out, values, pack_indices(indices), counts
 
     @staticmethod
-    def backward(ctx, dout):
+    def setup_context(ctx, inputs, output):
+        x2d, w1, w2, b1, b2, perm, inv_perm, n_dense, _out_shape, need_counts = inputs
+        _out, values, packed, counts = output
+        ctx.mark_non_differentiable(values, packed, counts)
+        ctx.save_for_backward(x2d, w1, w2, values, packed, counts, perm, inv_perm)
+        ctx.n_dense = n_dense
+        ctx.has_b1, ctx.has_b2 = b1 is not None, b2 is not None
+
+    @staticmethod
+    def vmap(info, in_dims, x2d, w1, w2, b1, b2, perm, inv_perm, n_dense, out_shape, need_counts):
+        # torch.func.vmap over x only: the FFN is row-wise, so a batch of B inputs is one call on
+        # B*T tokens (forward bit for bit the per-sample result). Batched weights (per-sample
+        # models) are refused.
+        names = ("w1", "w2", "b1", "b2")
+        batched = [n for n, dim in zip(names, in_dims[1:5]) if dim is not None]
+        if batched:
+            raise NotImplementedError(
+                f"sp24.relu2_ffn: torch.func.vmap over the weights ({', '.join(batched)}) is not supported by the "
+                "2:4 path; vmap over x only, or use sparse=False")
+        B = info.batch_size
+        xb = x2d.unsqueeze(0).expand(B, *x2d.shape) if in_dims[0] is None else x2d.movedim(in_dims[0], 0)
+        T, d = xb.shape[1], xb.shape[2]
+        xf = xb.reshape(B * T, d)
+        if perm is not None:
+            perm, inv_perm = token_permutation(B * T, xf.device)
+        out, values, packed, counts = _SparseReLU2FFN.apply(xf, w1, w2, b1, b2, perm, inv_perm, n_dense,
+                                                            (B * T, d), need_counts)
+        return (out.reshape(B, *out_shape), values, packed, counts), (0, None, None, None)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable  # no double backward (a clear error if asked)
+    def backward(ctx, dout, _dvalues, _dpacked, _dcounts):
+        if not torch.compiler.is_compiling() and _under_vmap():
+            raise NotImplementedError(
+                "sp24.relu2_ffn: torch.func.vmap over a gradient (e.g. per-sample gradients, vmap(grad(f))) is not "
+                "supported by the 2:4 path; take the gradient of the batched call (grad(f) on the whole batch), "
+                "or use sparse=False")
         x2d, w1, w2, values, packed, counts, perm, inv_perm = ctx.saved_tensors
+        if counts.numel() != values.shape[1] * 2:  # relu2_ffn passes need_counts=True whenever it records a graph
+            raise RuntimeError("sp24.relu2_ffn: internal error: a backward without the forward's feature counts "
+                               "(the forward ran with need_counts=False)")
         indices = unpack_indices(packed)
         need_x, need_w1, need_w2, need_b1, need_b2 = ctx.needs_input_grad[:5]
         dx = dw1 = dw2 = db1 = db2 = None
@@ -189,7 +241,8 @@ class _SparseReLU2FFN(torch.autograd.Function):
 
         if need_w2:  # dW2^T = Y2^T dY3: sparse features 2:4 along the tokens, dense ones dense
             # one pass over the compressed Y2, no dense (Tp, F) copy (issue #4)
-            tv, ti, y2d_t = _ops.sparse24_transposed_split(values, indices, sparse_cols, dense_cols, "largest_abs")
+            tv, ti, y2d_t = _ops.sparse24_transposed_split(values, indices, sparse_cols, dense_cols, "largest_abs",
+                                                           False)  # a permutation of range(F): no sync
             g_sparse = _ops.sparse24_mm(tv, ti, dy3, None, None)               # (Fs, d)
             g_dense = y2d_t @ dy3                                               # (Fd, d)
             # scattered straight into dW2's (d, F) layout: one pass, no (F, d) copy to transpose
@@ -206,12 +259,20 @@ class _SparseReLU2FFN(torch.autograd.Function):
                 db1 = _column_sums(dy1, indices).to(dy1.dtype)                 # padded rows are 0
             if need_w1:  # dW1 = dY1^T X, split like dW2, straight from the compressed dY1
                 X = _pad_rows(x2d if perm is None else x2d.index_select(0, perm), Tp - T)
-                tv, ti, dy1d_t = _ops.sparse24_transposed_split(dy1, indices, sparse_cols, dense_cols, "largest_abs")
+                tv, ti, dy1d_t = _ops.sparse24_transposed_split(dy1, indices, sparse_cols, dense_cols, "largest_abs",
+                                                                 False)  # valid by construction
                 g_sparse = _ops.sparse24_mm(tv, ti, X, None, None)               # (Fs, d)
                 g_dense = dy1d_t @ X                                            # (Fd, d)
                 dw1 = dy1.new_empty(Fh, d).index_copy_(0, sparse_cols, g_sparse).index_copy_(
                     0, dense_cols, g_dense)
-        return dx, dw1, dw2, db1, db2, None, None, None, None
+        return dx, dw1, dw2, db1, db2, None, None, None, None, None
+
+
+def _under_vmap() -> bool:
+    # whether a torch.func.vmap level is active (the backward then runs on batched tensors)
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+    return torch._C._functorch.maybe_current_level() is not None and any(i.key() == torch._C._functorch.TransformType.Vmap for i in retrieve_all_functorch_interpreters())
 
 
 def n_dense_features(F: int, dense_fraction: float) -> int:
@@ -227,7 +288,9 @@ def n_dense_features(F: int, dense_fraction: float) -> int:
 
 
 def _autocast_dtype(x) -> Optional[torch.dtype]:
-    if isinstance(x, Tensor) and torch.is_autocast_enabled(x.device.type):
+    # is_autocast_enabled raises for device types without autocast (meta: issue #11)
+    if (isinstance(x, Tensor) and torch.amp.is_autocast_available(x.device.type)
+            and torch.is_autocast_enabled(x.device.type)):
         return torch.get_autocast_dtype(x.device.type)
     return None
 
@@ -286,6 +349,15 @@ def relu2_ffn(x: Tensor, w1: Tensor, w2: Tensor, b1: Optional[Tensor] = None, b2
     autocast dtype. A NaN/Inf in a token's input makes that token's output and ``dx`` non-finite,
     as in the dense FFN (docs/DESIGN.md, 'NaN and Inf in training').
 
+    Defaults differ on purpose: ``sparse=True`` here, but :class:`sp24.nn.ReLU2FFN` starts with
+    ``sparse=False`` (dense warm-up first, then ``sp24.nn.set_sparse``).
+
+    ``torch.func``: :func:`torch.func.grad` (and ``vjp``) work; :func:`torch.func.vmap` over ``x``
+    runs one call on all the batch's tokens (forward bit for bit the per-sample result). vmap over
+    the weights, and vmap over a gradient (per-sample gradients, ``vmap(grad(f))``), raise
+    NotImplementedError in sparse mode (the dense mode is plain PyTorch and supports both). No
+    double backward in sparse mode.
+
     Args:
         x (Tensor): (..., d) input, any number of tokens (leading dims); fp32, fp16 or bf16.
         w1 (Tensor): (F, d) first weight (``nn.Linear(d, F).weight``), dtype and device of x.
@@ -307,6 +379,7 @@ def relu2_ffn(x: Tensor, w1: Tensor, w2: Tensor, b1: Optional[Tensor] = None, b2
         ValueError: shapes that do not chain (x (..., d), w1 (F, d), w2 (d, F)), tensors on
             different devices, ``dense_fraction`` outside [0, 1], or (sparse) d or F not a
             multiple of 8.
+        NotImplementedError: the torch.func cases above (sparse mode).
 
     Example::
 
@@ -341,11 +414,11 @@ def relu2_ffn(x: Tensor, w1: Tensor, w2: Tensor, b1: Optional[Tensor] = None, b2
     perm = inv_perm = None
     if permute_tokens and T > 1:
         perm, inv_perm = token_permutation(T, x.device)
-    args = (x2d, w1, w2, b1, b2, perm, inv_perm, n_dense, (*x.shape[:-1], d))
+    args = (x2d, w1, w2, b1, b2, perm, inv_perm, n_dense, (*x.shape[:-1], d), backward)
     if amp is not None:
         with torch.autocast(x.device.type, enabled=False):
-            return _SparseReLU2FFN.apply(*args)
-    return _SparseReLU2FFN.apply(*args)
+            return _SparseReLU2FFN.apply(*args)[0]
+    return _SparseReLU2FFN.apply(*args)[0]
 
 
 # --------------------------------------------------------------------------------------------

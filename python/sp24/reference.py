@@ -19,6 +19,33 @@ from torch import Tensor
 
 _INT_VIEW = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
 
+# The one NaN per dtype that sp24's arithmetic writes (relu2 and its backward): the quiet NaN NVIDIA
+# GPUs produce (CUDA's CUDART_NAN_F / CUDART_NAN_FP16 / CUDART_NAN_BF16). A NaN that is only selected
+# or moved keeps its bits. (csrc/sp24/select.h states the same, with the evidence.)
+NAN_BITS = {torch.float32: 0x7FFFFFFF, torch.float16: 0x7FFF, torch.bfloat16: 0x7FFF}
+
+
+def canonical_nan(y: Tensor) -> Tensor:
+    """``y`` with every NaN replaced by the canonical NaN of its dtype, other bits unchanged.
+
+    The canonical NaN (``NAN_BITS``) is what sp24's arithmetic writes on every backend; a NaN that
+    is only selected or moved keeps its own bits.
+
+    Args:
+        y (Tensor): float32, float16 or bfloat16, any shape.
+
+    Returns:
+        Tensor: same shape and dtype as ``y`` (contiguous).
+
+    Example::
+
+        >>> nan = torch.tensor([-1], dtype=torch.int16).view(torch.bfloat16)   # 0xFFFF, a NaN
+        >>> hex(sp24.reference.canonical_nan(nan).view(torch.int16).item() & 0xFFFF)
+        '0x7fff'
+    """
+    bits = y.contiguous().view(_INT_VIEW[y.dtype])
+    return bits.masked_fill(y.isnan(), NAN_BITS[y.dtype]).view(y.dtype)
+
 
 def relu2(x: Tensor) -> Tensor:
     """Squared-ReLU ``relu(x) ** 2``, computed in fp32 and rounded once to ``x.dtype``.
@@ -27,14 +54,14 @@ def relu2(x: Tensor) -> Tensor:
         x (Tensor): any shape, a floating dtype.
 
     Returns:
-        Tensor: same shape and dtype as ``x``. NaN stays NaN; ``-inf`` gives 0, ``+inf`` gives ``+inf``.
+        Tensor: same shape and dtype as ``x``. A NaN input gives the canonical NaN (``NAN_BITS``); ``-inf`` gives 0, ``+inf`` gives ``+inf``.
 
     Example::
 
         >>> sp24.reference.relu2(torch.tensor([-1.0, 0.5, 3.0]))
         tensor([0.0000, 0.2500, 9.0000])
     """
-    return torch.relu(x.float()).square().to(x.dtype)
+    return canonical_nan(torch.relu(x.float()).square().to(x.dtype))
 
 
 def select_mask(x: Tensor, algo: str = "largest") -> Tensor:
@@ -193,7 +220,8 @@ def sparsify24_transposed(x: Tensor, algo: str = "largest_abs",
         tensor([[11., 15.],
                 [ 8., 12.]])
     """
-    xt = (x if columns is None else x[:, columns]).t().contiguous()
+    iv = _INT_VIEW[x.dtype]  # select columns on an integer view: keep every bit (NaN payloads)
+    xt = (x if columns is None else x.contiguous().view(iv)[:, columns].view(x.dtype)).t().contiguous()
     values, indices, _ = sparsify24(xt, algo)
     return values, indices
 
@@ -238,7 +266,7 @@ def apply_relu2_backward(grad: Tensor, y2_values: Tensor, indices: Tensor) -> Te
         tensor([[4., 6., 2., 1.]])
     """
     g = apply(grad, indices).float()
-    return (g * (2.0 * y2_values.float().sqrt())).to(grad.dtype)
+    return canonical_nan((g * (2.0 * y2_values.float().sqrt())).to(grad.dtype))
 
 
 def to_dense(values: Tensor, indices: Tensor) -> Tensor:

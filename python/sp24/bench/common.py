@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import json
 import subprocess
 import sys
@@ -130,6 +131,29 @@ def gpu_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
+def _ver(v) -> Optional[str]:
+    return None if v is None or v < 0 else f"{v // 1000}.{v % 1000 // 100}.{v % 100}"
+
+
+def cusparselt_versions() -> dict:
+    """The cuSPARSELt sp24 runs with: `loaded` (the library the loader resolved; e.g. a newer 0.8.x
+    wheel given with LD_PRELOAD, same SONAME), `headers` (what sp24 was compiled against), what torch
+    reports, and LD_PRELOAD. cuSPARSELt 0.8.1 fixes H100/L4 regressions of 0.8.0 (torch 2.11's), so
+    every benchmark JSON says which one it measured."""
+    try:
+        from sp24 import _C
+
+        v = _C.cslt_versions()
+    except Exception:  # noqa: BLE001 - an older build without cslt_versions
+        v = {"header": None, "runtime": None}
+    try:
+        torch_v = torch.backends.cusparselt.version()
+    except Exception:  # noqa: BLE001 - CPU torch
+        torch_v = None
+    return {"loaded": _ver(v.get("runtime")), "headers": _ver(v.get("header")),
+            "torch_reports": torch_v, "ld_preload": os.environ.get("LD_PRELOAD") or None}
+
+
 def metadata(args) -> dict:
     import sp24
 
@@ -142,7 +166,8 @@ def metadata(args) -> dict:
         "device": str(args.device),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
-        "cusparselt": info.get("cusparselt_runtime_version") or info.get("cusparselt_version"),
+        "cusparselt": cusparselt_versions()["loaded"],
+        "cusparselt_versions": cusparselt_versions(),
         "git_commit": git_commit(),
         "dtype": args.dtype,
         "tiny": bool(args.tiny),

@@ -34,6 +34,9 @@ def add_parser(sub) -> None:
     common.add_common_args(p)
     p.add_argument("--shapes", default=None, help="d:F[,d:F...] (default: 8B-like, 70B-like, docs/DESIGN.md's)")
     p.add_argument("--tokens", default=None, help="T list, e.g. 128,1024,16384 (default 128..65536)")
+    p.add_argument("--bias", action="store_true",
+                   help="also time a bias (N,): cuBLAS addmm, cslt_mm with the bias as a full (M, N) C "
+                        "(what sp24 does: one extra M x N read), and cslt_mm followed by a separate add")
     p.set_defaults(func=run)
 
 
@@ -51,7 +54,7 @@ def cslt_prepare(values, indices, b):
         # Compress once (outside the timing): the FFN reuses one buffer for several GEMMs.
         buf = compress(values, indices)
         M, K = values.shape[0], 2 * values.shape[1]
-        return lambda bb: op(buf, M, K, bb)
+        return lambda bb, bias=None: op(buf, M, K, bb, bias)
     raise LookupError(f"torch.ops.sp24.{CSLT_OP} has a signature this benchmark does not know: {schema}")
 
 
@@ -105,17 +108,29 @@ def run(args) -> dict:
             rows.append(common.unavailable_row(CSLT_OP, str(e), **base))
         except Exception as e:  # noqa: BLE001
             rows.append(common.unavailable_row(CSLT_OP, f"{type(e).__name__}: {e}", "error", **base))
-        for name, fn in sparse_ops:
+        timed = [(name, fn, ref) for name, fn in sparse_ops]
+        if getattr(args, "bias", False):
+            # Bias (d,): sp24 passes it to cuSPARSELt as a full (T, d) C (its own bias vector runs
+            # along the other dim), one extra T x d read; against cuBLAS addmm and a separate add.
+            biases = [(torch.randn(d, device=dev, dtype=torch.float32) / 4).to(dt) for _ in pool]
+            ref_b = torch.addmm(biases[0], ops.sparse24_to_dense(v0, i0), b0)
+            # (the dense baseline multiplies the un-sparsified Y2: no error against the 2:4 reference)
+            timed.append(("dense_addmm_bias", lambda i: torch.addmm(biases[i], pool[i][0], pool[i][3]), None))
+            if fns is not None:
+                timed.append((f"{CSLT_OP}_bias_as_C", lambda i: fns[i](pool[i][3], biases[i]), ref_b))
+                timed.append((f"{CSLT_OP}_then_add", lambda i: fns[i](pool[i][3]).add_(biases[i]), ref_b))
+        for name, fn, expect in timed:
             try:
-                err = _max_rel_err(fn(0), ref)
+                err = None if expect is None else _max_rel_err(fn(0), expect)
                 stats = t.run(fn, len(pool))
             except Exception as e:  # noqa: BLE001 - report and keep going
                 rows.append(common.unavailable_row(name, f"{type(e).__name__}: {e}", "error", **base))
                 continue
-            rows.append({"name": name, "status": "ok", **base, **stats, "max_rel_err": err,
+            rows.append({"name": name, "status": "ok", **base, **stats,
+                         **({} if err is None else {"max_rel_err": err}),
                          "tflops": common.tflops(flops, stats["median_us"]),
                          "speedup": dense["median_us"] / stats["median_us"]})
-        del pool, a0, v0, i0, b0, ref, sparse_ops
+        del pool, a0, v0, i0, b0, ref, sparse_ops, timed
         fns = None
         if dev.type == "cuda":
             torch.cuda.empty_cache()

@@ -1,0 +1,105 @@
+"""Proof that the emulation lane bites: plant one known bug into a temporary copy of csrc/, build
+that copy as the emulation library, run the lane on it, and require it to FAIL. The checkout is
+never modified (the copy lives in a temporary folder; the library goes to build/emu-plant-NAME).
+
+    python scripts/emu_plant.py PYTHON [NAME ...]      (default: every plant; via scripts/dev.sh:
+                                                       bash scripts/dev.sh emu-plant [NAME ...])
+
+Exit status 0 iff every requested plant made the lane fail; the abridged failure of each is printed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CU = "csrc/cuda/sparse24_cuda.cu"
+
+# name: (what it plants, exact text, replacement, pytest -k selection that should catch it)
+PLANTS = {
+    "misaligned-vector": (
+        "sparsify24_transposed: the 16-byte loads no longer require a 16-byte aligned x",
+        "const bool vec_load = p.N % E == 0 && aligned16(p.x) &&",
+        "const bool vec_load = p.N % E == 0 &&",
+        "test_sparsify24_transposed and 64",
+    ),
+    "shuffle-partner": (
+        "fused cuSPARSELt writer: lane ^ 1 instead of lane ^ 2 as the partner of the metadata exchange",
+        "__shfl_xor_sync(0xffffffffu, b0 | (b1 << 8), 2)",
+        "__shfl_xor_sync(0xffffffffu, b0 | (b1 << 8), 1)",
+        "test_cslt_writers",
+    ),
+    "missing-syncthreads": (
+        "sparsify24_transposed: no barrier between filling the shared tile and reading it",
+        "  __syncthreads();\n\n  // Compute + store: thread = one x column",
+        "\n\n  // Compute + store: thread = one x column",
+        "test_sparsify24_transposed",
+    ),
+    "missing-syncthreads-counts": (
+        "sparsify24 rows: no barrier between the per-thread counts in shared memory and their reduction",
+        "s_counts[ty][tx * kRowElems + e] = cnt[e];\n  __syncthreads();",
+        "s_counts[ty][tx * kRowElems + e] = cnt[e];",
+        "test_sparsify24_rows",
+    ),
+    "partial-tile-off-by-one": (
+        "sparsify24 rows: the last column tile takes a second group when only one is left (>= -> >)",
+        "(c0 + 4 >= p.K ? 1 : 2)",
+        "(c0 + 4 > p.K ? 1 : 2)",
+        "test_sparsify24_rows",
+    ),
+}
+
+KEY = re.compile(r"runtime error|ERROR: AddressSanitizer|SUMMARY: |AssertionError|sp24 CUDA emulation:|^FAILED|"
+                 r"passed|failed|READ of size|WRITE of size|    #[0-3] ")
+
+
+def plant(py: str, name: str) -> bool:
+    what, old, new, select = PLANTS[name]
+    tmp = tempfile.mkdtemp(prefix=f"sp24-plant-{name}-")
+    try:
+        shutil.copytree(os.path.join(ROOT, "csrc"), os.path.join(tmp, "csrc"))
+        path = os.path.join(tmp, CU)
+        src = open(path).read()
+        n = src.count(old)
+        if n != 1:
+            print(f"[{name}] cannot plant: the text to replace occurs {n} times in {CU} (the kernel changed; "
+                  "update PLANTS in scripts/emu_plant.py)")
+            return False
+        open(path, "w").write(src.replace(old, new))
+        env = dict(os.environ, SP24_EMU_SRC=tmp, SP24_EMU_OUT=f"build/emu-plant-{name}")
+        t0 = time.time()
+        r = subprocess.run(["bash", "scripts/emu.sh", py, "-x", "-k", select], cwd=ROOT, env=env,
+                           capture_output=True, text=True)
+        out = r.stdout + r.stderr
+        lines = [ln for ln in out.splitlines() if KEY.search(ln)]
+        print(f"[{name}] planted: {what}")
+        print("\n".join("    " + ln[:240] for ln in lines[:14]))
+        caught = r.returncode != 0
+        print(f"[{name}] lane exit status {r.returncode} after {time.time() - t0:.0f} s: "
+              f"{'CAUGHT' if caught else 'NOT CAUGHT'}\n")
+        return caught
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main() -> int:
+    py = sys.argv[1]
+    names = sys.argv[2:] or list(PLANTS)
+    unknown = [n for n in names if n not in PLANTS]
+    if unknown:
+        print(f"unknown plant(s) {unknown}; known: {list(PLANTS)}")
+        return 2
+    results = {n: plant(py, n) for n in names}
+    missed = [n for n, ok in results.items() if not ok]
+    print(f"plants caught: {len(names) - len(missed)} of {len(names)}" + (f"; NOT caught: {missed}" if missed else ""))
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
