@@ -233,8 +233,8 @@ def table(doc: dict) -> str:
 
 
 def plot(doc: dict, path: Path) -> bool:
-    """study.png: (a) eval loss of every run; (b) each run minus the dense mean, with the dense seeds'
-    band; (c) mean zero fraction over the layers; (d) final eval loss ratio to the dense mean."""
+    """study.png: (a) eval loss of every run; (b) each run minus the dense run of its seed, with the
+    seed band; (c) mean zero fraction over the layers; (d) final eval loss ratio to the dense mean."""
     try:
         import matplotlib
     except ImportError:
@@ -254,25 +254,29 @@ def plot(doc: dict, path: Path) -> bool:
     a.set(title="(a) held-out eval loss", xlabel="step", ylabel="cross-entropy (nats/byte)")
     a.axvline(warmup, color="gray", ls="--", lw=1)
     a.legend(fontsize=8)
-    dense = [dict(runs[n]["eval_loss"]) for n in ("dense_s0", "dense_s1") if n in runs]
-    if dense:
-        steps = sorted(set.intersection(*(set(x) for x in dense)))
-        mean = {s: statistics.mean(x[s] for x in dense) for s in steps}
-        if len(dense) > 1:
-            b.fill_between(steps, [min(x[s] for x in dense) - mean[s] for s in steps],
-                           [max(x[s] for x in dense) - mean[s] for s in steps], color="gray", alpha=0.3,
-                           label="dense seeds (min..max - mean)")
-        for n, r in runs.items():
-            pts = [(s, v - mean[s]) for s, v in r["eval_loss"] if s in mean]
-            if pts and not n.startswith("dense"):
-                b.plot(*zip(*pts), marker="o", ms=3, color=color[n], label=n, **style(n))
-        b.axhline(0.0, color="k", lw=0.8)
-        dm = doc["summary"]["dense_mean"]
-        if dm:
-            b.axhline(0.01 * dm, color="tab:red", lw=0.8, ls="--", label="+1% of the dense mean")
-        b.axvline(warmup, color="gray", ls="--", lw=1)
-        b.legend(fontsize=8)
-    b.set(title="(b) eval loss minus the dense mean (same batches per seed)", xlabel="step",
+    # (b) paired: each run minus the dense run of its own seed (same initial weights, same batches), and
+    # the seed band: +-|dense_s1 - dense_s0| (what changing the seed alone moves the loss by)
+    dense = {r["run"]["seed"]: dict(r["eval_loss"]) for n, r in runs.items() if n.startswith("dense")}
+    if "dense_s0" in runs and "dense_s1" in runs:
+        d0, d1 = dict(runs["dense_s0"]["eval_loss"]), dict(runs["dense_s1"]["eval_loss"])
+        steps = sorted(set(d0) & set(d1))
+        band = [abs(d1[s] - d0[s]) for s in steps]
+        b.fill_between(steps, [-v for v in band], band, color="gray", alpha=0.3,
+                       label="seed band: +-|dense_s1 - dense_s0|")
+    for n, r in runs.items():
+        ref = dense.get(r["run"]["seed"])
+        if ref is None or n.startswith("dense"):
+            continue
+        pts = [(s, v - ref[s]) for s, v in r["eval_loss"] if s in ref]
+        if pts:
+            b.plot(*zip(*pts), marker="o", ms=3, color=color[n], label=n, **style(n))
+    b.axhline(0.0, color="k", lw=0.8)
+    dm = doc["summary"]["dense_mean"]
+    if dm:
+        b.axhline(0.01 * dm, color="tab:red", lw=0.8, ls="--", label="+1% of the dense mean")
+    b.axvline(warmup, color="gray", ls="--", lw=1)
+    b.legend(fontsize=8)
+    b.set(title="(b) eval loss minus the dense run of the same seed (same weights at init, same batches)", xlabel="step",
           ylabel="loss difference (nats/byte)")
     for n, r in runs.items():
         if r["stats"]:
