@@ -126,3 +126,13 @@ def test_module_passes_the_options():
     want = torch.autograd.grad(sp24.relu2_ffn(x, m.w1.weight, m.w2.weight, gradient="ste", sparse_backward=False)
                                .square().sum(), m.w1.weight)[0]
     assert torch.equal(got, want)
+
+
+def test_cpu_pack_indices_every_byte():
+    # the CPU fast path of pack_indices / unpack_indices (int32 product, table) on all 256 patterns,
+    # against the definition: byte = i0 | i1 << 2 | i2 << 4 | i3 << 6
+    b = torch.arange(256)
+    idx = torch.stack([b & 3, (b >> 2) & 3, (b >> 4) & 3, b >> 6], dim=1).to(torch.uint8).reshape(8, 128)
+    packed = sp24.tensor.pack_indices(idx)
+    assert torch.equal(packed.reshape(-1), b.to(torch.uint8))
+    assert torch.equal(sp24.tensor.unpack_indices(packed), idx)
