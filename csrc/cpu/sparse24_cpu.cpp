@@ -8,6 +8,7 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <cstring>
 #include <type_traits>
@@ -38,11 +39,11 @@ constexpr int64_t kTokTile = 32;
 // than two positions rank above it, where j ranks above i iff k[j] > k[i], or k[j] == k[i] and j < i.
 inline uint32_t select_mask(float a0, float a1, float a2, float a3, int algo) {
   if (is_nan(a0) || is_nan(a1) || is_nan(a2) || is_nan(a3)) return select_2of4(a0, a1, a2, a3, algo);
-  if (algo == kLargestAbs) {
-    a0 = a0 < 0.f ? -a0 : a0;
-    a1 = a1 < 0.f ? -a1 : a1;
-    a2 = a2 < 0.f ? -a2 : a2;
-    a3 = a3 < 0.f ? -a3 : a3;
+  if (algo == kLargestAbs) {  // fabs clears the sign bit (no branch); -0.0 and 0.0 compare equal anyway
+    a0 = std::fabs(a0);
+    a1 = std::fabs(a1);
+    a2 = std::fabs(a2);
+    a3 = std::fabs(a3);
   }
   const int r0 = (a1 > a0) + (a2 > a0) + (a3 > a0);
   const int r1 = (a0 >= a1) + (a2 > a1) + (a3 > a1);
