@@ -586,8 +586,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse24_transposed_split(const a
     auto sc = sparse_cols.contiguous(), dc = dense_cols.contiguous();
     // CPU and CUDA alike, unless the caller vouches for the lists (check_columns=False): then CUDA
     // skips the check, which would cost a host sync per call in every FFN backward (and break CUDA
-    // graph capture); the CPU, where it is free, checks anyway.
-    if (range_check || B == Backend::kCPU)
+    // graph capture); the CPU, where it is free, checks anyway. An empty feature axis with ids is
+    // always checked (and refused): the kernels' clamp into [0, F) needs F > 0.
+    if (range_check || B == Backend::kCPU || (F == 0 && sc.numel() + dc.numel() > 0))
       check_columns_range(op, {{"sparse_cols", &sc}, {"dense_cols", &dc}}, F);
     TransposedSplit24Params p;
     p.values = values.data_ptr();

@@ -40,6 +40,23 @@ def test_relu2_backward_matches_oracle(device, dtype):
     assert_bits_equal(got, reference.apply_relu2_backward(grad.cpu(), y2v.cpu(), idx.cpu()))
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_relu2_backward_sqrt_is_correctly_rounded(device, dtype):
+    """y2 values that are not squares of representable numbers (uniform [0, 4)): the kernels' sqrt
+    is correctly rounded (sqrtf / std::sqrt), and so is the oracle's; torch's CPU fp32 sqrt is 1 ulp
+    off for ~20% of such inputs, which squares of fp32 values (the test above) never exercise."""
+    g = torch.Generator().manual_seed(27)
+    y2v = (torch.rand(64, 32, generator=g) * 4).to(dtype)
+    idx = torch.tensor([0, 2, 1, 3], dtype=torch.uint8).repeat(64, 8)
+    grad = torch.ones(64, 64, dtype=dtype)
+    got = _ops.apply_relu2_backward(grad.to(device), y2v.to(device), idx.to(device))
+    want = reference.apply_relu2_backward(grad, y2v, idx)
+    assert_bits_equal(got, want)
+    if dtype == torch.float32:  # the inputs do hit the cases where a 1-ulp-off sqrt would differ
+        assert not torch.equal(want, reference.apply(grad, idx) * (2.0 * y2v.sqrt()))
+
+
 def test_relu2_backward_is_the_squared_relu_derivative():
     """On tie-free positive inputs where relu(y1)^2 is exact in fp32, dY1 = dY2 * 2*relu(y1)."""
     y1 = tie_free(16, 32, torch.float32, seed=25)  # multiples of 1/8: squares exact in fp32

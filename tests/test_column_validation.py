@@ -99,3 +99,31 @@ def test_split_unchecked_columns_same_result_and_cpu_still_refuses(device):
     vc, ic = v.cpu(), i.cpu()
     with pytest.raises(ValueError, match=re.escape("sp24.sparse24_transposed_split: sparse_cols must lie in [0, 16)")):
         ops.sparse24_transposed_split(vc, ic, torch.tensor([16]), dc.cpu(), "largest_abs", False)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_split_unchecked_columns_over_an_empty_feature_axis_are_refused(device):
+    """F == 0 with ids and check_columns=False: refused with the range error on every device (the
+    CUDA kernels' clamp into [0, F) needs F > 0; found in review)."""
+    v = torch.empty(8, 0, dtype=torch.float16, device=device)
+    i = torch.empty(8, 0, dtype=torch.uint8, device=device)
+    msg = "sp24.sparse24_transposed_split: sparse_cols must lie in [0, 0), got values in [0, 0]"
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        ops.sparse24_transposed_split(v, i, torch.tensor([0], device=device),
+                                      torch.empty(0, dtype=torch.int64, device=device), "largest_abs", False)
+
+
+def test_column_lists_are_capped_at_int32_on_every_device():
+    """The CUDA column map is int32: every device (Meta included, shape-only, nothing allocated)
+    refuses more than 2**31 - 1 ids with the same words (found in review)."""
+    x = torch.empty(4, 8, device="meta")
+    huge = torch.empty(2**31, dtype=torch.int64, device="meta")
+    msg = "sp24.sparsify24_transposed: columns may hold at most 2147483647 ids, got 2147483648"
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        ops.sparsify24_transposed(x, "largest_abs", huge)
+    v, i, _ = ops.sparsify24(torch.empty(4, 8, dtype=torch.float16, device="meta"), "largest", None, False)
+    with pytest.raises(ValueError, match=re.escape("dense_cols may hold at most 2147483647 ids")):
+        ops.sparse24_transposed_split(v, i, torch.empty(0, dtype=torch.int64, device="meta"), huge, "largest_abs")
+    cpu = torch.randn(4, 8)  # the CPU op runs the same shape check first (an expanded view: no memory)
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        ops.sparsify24_transposed(cpu, "largest_abs", torch.zeros(1, dtype=torch.int64).expand(2**31))

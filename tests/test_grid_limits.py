@@ -48,6 +48,10 @@ def test_launch_grid_folds_onto_grid_y_only_past_grid_x():
     assert (small["x"], small["y"], small["tiles"]) == (4, 1, 4)
     assert not _C.launch_grid("transposed", 2**62, 2**62)["fits"]  # beyond any launch: refused, no overflow
     assert _C.launch_grid("sparsify24", 0, 128)["tiles"] == 0
+    # tile counts near INT64_MAX: no overflow in the ceil-division (found in review)
+    g = _C.launch_grid("transposed", 2**63 - 1, 1)
+    assert g["fast"] == ceil_div(2**63 - 1, 64) and g["fast"] > 0 and not g["fits"]
+    assert _C.launch_grid("sparsify24", 1, 2**63 - 100)["tiles"] == ceil_div(2**63 - 100, 256)
     with pytest.raises(ValueError, match="kernel must be 'sparsify24' or 'transposed', got 'rows'"):
         _C.launch_grid("rows", 1, 1)
 

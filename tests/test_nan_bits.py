@@ -7,7 +7,7 @@ the host-emulation lane compares the CUDA kernels with the CPU ones bit for bit.
 import pytest
 import torch
 
-from helpers import DEVICES, DTYPES, INT_VIEW, assert_bits_equal, special
+from helpers import DEVICES, DTYPES, INT_VIEW, assert_bits_equal, special, sp24
 from sp24 import _ops, reference
 
 # NaNs of both signs with different payloads, quiet and signalling, per dtype (raw bits)
@@ -124,3 +124,19 @@ def test_selected_nans_keep_their_bits_in_every_op(device, dtype):
     want = reference.transposed_split(rv, ri, cols[:3], cols[3:], "largest_abs")
     for name, g, w in zip(("tvalues", "tindices", "dense_t"), got, want):
         assert_bits_equal(g, w, f"sparse24_transposed_split {name}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("gradient", ["24sparse", "ste"])
+def test_relu2_gradient_writes_the_canonical_nan(device, dtype, gradient):
+    """The autograd backward of sparsify24(activation="relu2") is relu2 arithmetic too: 0 * inf and a
+    NaN-payload input give the canonical NaN, like sparse24_apply_relu2_backward (found in review)."""
+    nan = from_bits([NANS[dtype][1]], dtype)  # a negative NaN with a payload: kept (NaN ranks first)
+    x = torch.cat([torch.tensor([float("inf")]).to(dtype), torch.tensor([1.0, 0.0, 0.0]).to(dtype),
+                   nan, torch.tensor([1.0, 0.0, 0.0]).to(dtype)]).reshape(2, 4).to(device).requires_grad_()
+    s = sp24.sparsify24(x, activation="relu2", gradient=gradient)
+    s.values().backward(torch.tensor([[0.0, 1.0], [1.0, 1.0]], dtype=dtype, device=device))
+    g = bits_of(x.grad)
+    assert g[0, 0].item() == canonical_bits(dtype), hex(g[0, 0].item())  # 0 * 2*inf
+    assert g[1, 0].item() == canonical_bits(dtype), hex(g[1, 0].item())  # NaN input

@@ -280,6 +280,19 @@ __global__ void inverse_columns_kernel(const int64_t* __restrict__ columns, int6
   atomicMax(inv + col, static_cast<int32_t>(c));
 }
 
+// The tile of the block in a grid of kTT-token x kTC-column tiles over (T, N), folded onto grid.x
+// then grid.y (sp24/grid.h): its first token t0 and column n0; false for a padding block of the
+// last grid row, which must exit as a whole before any barrier.
+__device__ __forceinline__ bool transposed_tile(int64_t T, int64_t N, int64_t& t0, int64_t& n0) {
+  const int64_t ttiles = ceil_div(T, kTT);
+  int64_t tb, cb;
+  if (!tile_of(static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x, ttiles, ttiles * ceil_div(N, kTC), tb, cb))
+    return false;
+  t0 = tb * kTT;
+  n0 = cb * kTC;
+  return true;
+}
+
 // Token-direction 2:4 of tile column j (a 64-token tile starting at token t0; Ttok tokens in all):
 // thread `part` handles 16 tokens (4 groups) -> 8 values + 8 indices of output row orow.
 // Shared by sparsify24_transposed and sparse24_transposed_split.
@@ -336,15 +349,8 @@ __global__ void __launch_bounds__(kTThreads) sparsify24_transposed_kernel(Sparsi
   __shared__ typename TileLayout<T>::Storage smem;  // [token][column], tile_at
   T* const tile = smem.e;
   const int tid = threadIdx.x;
-  // block -> (token tile tb, column tile cb), sp24/grid.h; a padding block exits as a whole
-  const int64_t ttiles = ceil_div(p.T, kTT);
-  int64_t tb, cb;
-  if (!tile_of(static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x, ttiles, ttiles * ceil_div(p.N, kTC), tb,
-               cb)) {
-    return;
-  }
-  const int64_t n0 = cb * kTC;
-  const int64_t t0 = tb * kTT;
+  int64_t t0, n0;  // this block's first token and first column
+  if (!transposed_tile(p.T, p.N, t0, n0)) return;  // a padding block exits as a whole
   const T* __restrict__ x = static_cast<const T*>(p.x);
 
   // Load: 64 tokens x 64 columns. Columns nobody asked for are not read (they stay unused).
@@ -427,15 +433,8 @@ __global__ void __launch_bounds__(kTThreads) transposed_split_kernel(TransposedS
   __shared__ typename TileLayout<T>::Storage smem;  // [token][feature], tile_at
   T* const tile = smem.e;
   const int tid = threadIdx.x;
-  // block -> (token tile tb, feature tile cb), sp24/grid.h; a padding block exits as a whole
-  const int64_t ttiles = ceil_div(p.T, kTT);
-  int64_t tb, cb;
-  if (!tile_of(static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x, ttiles, ttiles * ceil_div(p.F, kTC), tb,
-               cb)) {
-    return;
-  }
-  const int64_t n0 = cb * kTC;
-  const int64_t t0 = tb * kTT;
+  int64_t t0, n0;  // this block's first token and first feature
+  if (!transposed_tile(p.T, p.F, t0, n0)) return;  // a padding block exits as a whole
   const int64_t H = p.F / 2;
   const T* __restrict__ vals = static_cast<const T*>(p.values);
 
@@ -609,6 +608,8 @@ namespace {
 void launch_inverse_columns(const int64_t* columns, int64_t C, int64_t N, int32_t* inv, cudaStream_t s,
                             const char* what) {
   if (C == 0) return;  // a launch of 0 blocks is an error
+  // the clamp into [0, N) needs N > 0; the glue refuses ids over an empty axis on every path
+  if (N <= 0) throw std::runtime_error(std::string("sp24: internal error: ") + what + ": column ids over an empty axis");
   launch_kernel(inverse_columns_kernel, blocks_for(C), kThreads, 0, s, columns, C, N, inv);
   check_launch(what);
 }

@@ -92,6 +92,9 @@ inline void check_columns(const char* op, const char* name, const at::Tensor& c,
                           const at::Tensor& other) {
   SP24_CHECK(c.dim() == 1, op, ": ", name, " must be 1-D, got a ", c.dim(), "-D tensor of shape ", c.sym_sizes());
   SP24_CHECK(c.scalar_type() == at::kLong, op, ": ", name, " must be int64, got ", dtype_name(c.scalar_type()));
+  // The CUDA column map (int32) and the duplicate-rows launch (one block per id, grid.x) are
+  // 32-bit: every device accepts the same lists, so every device caps them (shape-only, no sync).
+  SP24_CHECK(c.sym_size(0) <= 2147483647, op, ": ", name, " may hold at most 2147483647 ids, got ", c.sym_size(0));
   check_same_device(op, other_name, other, name, c);
 }
 

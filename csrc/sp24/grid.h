@@ -28,7 +28,7 @@ constexpr int64_t kRowTileRows = 64;   // sparsify24: 64 rows x 256 columns per 
 constexpr int64_t kRowTileCols = 256;
 constexpr int64_t kTTile = 64;         // sparsify24_transposed, transposed_split: 64 tokens x 64 columns
 
-SP24_HD int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+SP24_HD int64_t ceil_div(int64_t a, int64_t b) { return a / b + (a % b != 0); }  // no a + b - 1 overflow
 
 struct TileGrid {
   uint32_t x = 0, y = 0;  // gridDim.x, gridDim.y (0 when there is nothing to launch)

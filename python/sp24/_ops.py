@@ -160,7 +160,9 @@ def transposed_split(values: Tensor, indices: Tensor, sparse_cols: Tensor, dense
     without the dense A; bit for bit sparsify24_transposed(to_dense(...), algo, sparse_cols) and
     to_dense(...)[:, dense_cols].t(). T % 4 == 0; the column lists are 1-D int64, any order.
     check_columns=False skips the range check of the column ids on CUDA (a host sync per call);
-    only for lists that are valid by construction (relu2_ffn's feature split)."""
+    only for lists that are valid by construction (relu2_ffn's feature split): on CUDA an
+    out-of-range id is then clamped into range (rows of unspecified content, never memory outside
+    the tensors). The CPU checks anyway."""
     _debug_check("sp24.sparse24_transposed_split", indices)
     return _ops.sparse24_transposed_split(values, indices, sparse_cols, dense_cols, algo, check_columns)
 

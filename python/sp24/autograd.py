@@ -26,6 +26,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from . import reference
+
 __all__ = ["GRADIENTS", "relu2_grad"]
 
 _ops = torch.ops.sp24
@@ -40,10 +42,11 @@ def relu2_grad(grad: Tensor, x: Tensor) -> Tensor:
     r"""The gradient through Squared-ReLU: ``grad * 2*relu(x)``, in fp32, rounded once.
 
     The backward of ``activation="relu2"`` in :func:`sp24.sparsify24` (on the kept positions).
-    NaN propagates.
+    A NaN it makes (a NaN in ``grad`` or ``x``, or ``0 * inf``) is the canonical NaN of the dtype
+    (``sp24.reference.NAN_BITS``), as in every other relu2 backward of sp24.
 
     Args:
-        grad (Tensor): the incoming gradient, any float dtype.
+        grad (Tensor): the incoming gradient, float32, float16 or bfloat16.
         x (Tensor): the pre-activation, broadcastable to ``grad``.
 
     Returns:
@@ -54,7 +57,7 @@ def relu2_grad(grad: Tensor, x: Tensor) -> Tensor:
         >>> sp24.autograd.relu2_grad(torch.tensor([1.0, 1.0]), torch.tensor([-2.0, 3.0]))
         tensor([0., 6.])
     """
-    return (grad.float() * (2.0 * torch.relu(x.float()))).to(grad.dtype)
+    return reference.canonical_nan((grad.float() * (2.0 * torch.relu(x.float()))).to(grad.dtype))
 
 
 def check_func_transform(op: str, *tensors) -> None:

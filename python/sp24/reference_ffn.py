@@ -82,7 +82,7 @@ def grads(x: Tensor, w1: Tensor, w2: Tensor, b1: Optional[Tensor], b2: Optional[
     dt = x.dtype
     dy3 = dout if perm is None else dout[perm]
     dy2 = (_pad(dy3) @ w2)[: dy3.shape[0]]            # dense GEMM in the input dtype, as the FFN does
-    dy1 = (dy2.float() * 2.0 * f["y2"].float().sqrt() * f["m_row"]).to(dt)
+    dy1 = (dy2.float() * 2.0 * reference._sqrt_rn(f["y2"].float()) * f["m_row"]).to(dt)
     dxp = (dy1.float() @ w1.float()).to(dt)
     dx = dxp if perm is None else torch.empty_like(dxp).index_copy_(0, perm, dxp)
     dense = dense_features(f["y2_full"], dense_fraction)
