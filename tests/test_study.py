@@ -136,3 +136,18 @@ def test_cpu_pack_indices_every_byte():
     packed = sp24.tensor.pack_indices(idx)
     assert torch.equal(packed.reshape(-1), b.to(torch.uint8))
     assert torch.equal(sp24.tensor.unpack_indices(packed), idx)
+
+
+def test_bench_cpu_ffn_prints_the_ratio(tmp_path, capsys):
+    from sp24.bench.cli import main as bench_main
+
+    assert bench_main(["cpu-ffn", "--shapes", "64:16:64,32:8:32", "--reps", "2", "--warmup", "0",
+                       "--out", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / "cpu_ffn.json").read_text())
+    assert [(r["T"], r["d"], r["F"]) for r in doc["rows"]] == [(64, 16, 64), (32, 8, 32)]
+    for r in doc["rows"]:
+        assert len(r["dense_runs_ms"]) == len(r["sparse_runs_ms"]) == 2
+        assert r["ratio"] == pytest.approx(r["sparse_ms"] / r["dense_ms"])
+    assert "| 64, 16, 64 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="multiples of 8"):
+        bench_main(["cpu-ffn", "--shapes", "64:12:64", "--out", str(tmp_path)])

@@ -82,13 +82,14 @@ def runs_for(cfg: Config) -> list[Run]:
 
 
 # Sizing (issue #13): >= 2M parameters and >= 5M training tokens per run, the 9 runs in <= 90 min on 2
-# idle cores. "cpu": 2.6M parameters (3 layers, d=256, F=1024; 2.4M outside the embeddings), 16 x 256
-# = 4096 tokens a step, 1221 steps = 5.0M tokens (0.73 epochs of the 6.9 MB training split), 2:4 from
-# step 500 in the default runs. The estimate behind it (measured ms/step) is in the README.
+# idle cores. "cpu": 2.5M parameters (3 layers, d=256, F=1024; 2.4M outside the embeddings), 32 x 128
+# = 4096 tokens a step (sequences of 128: attention costs half what 256 would), 1221 steps = 5.0M
+# tokens (0.73 epochs of the 6.9 MB training split), 2:4 from step 500 in the default runs. The
+# estimate behind it (measured ms/step) is in the README.
 CONFIGS = {
     "micro": Config(n_layer=2, n_head=2, d_model=32, d_hidden=128, seq_len=32, batch_size=4, steps=12,
                     warmup=6, lr=3e-3, eval_every=6, eval_batches=1, stats_every=3, dtype="float32"),
-    "cpu": Config(n_layer=3, n_head=4, d_model=256, d_hidden=1024, seq_len=256, batch_size=16, steps=1221,
+    "cpu": Config(n_layer=3, n_head=4, d_model=256, d_hidden=1024, seq_len=128, batch_size=32, steps=1221,
                   warmup=500, lr=1.5e-3, eval_every=111, eval_batches=8, stats_every=37, dtype="float32"),
 }
 
