@@ -147,3 +147,27 @@ def test_docstring_examples_run(name):
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     for t in tests:
         assert runner.run(t).failed == 0, name
+
+
+# ---- bad arguments found by a new-user trial: each names the op, the rule and the value --------
+def test_wrong_argument_types_name_the_op():
+    x = torch.randn(4, 8)
+    with pytest.raises(TypeError, match=r"sp24.sparsify24: activation must be one of None, 'relu2', got True \(bool\)"):
+        sp24.sparsify24(x, "largest", True)
+    with pytest.raises(TypeError, match=r"sp24.sparsify24: algo must be one of 'largest', 'largest_abs', got 3"):
+        sp24.sparsify24(x, 3)
+    with pytest.raises(TypeError, match=r"sp24.mm: out_dtype must be None or a torch.dtype .*got 'float16'"):
+        sp24.mm(sp24.sparsify24(x), torch.randn(8, 4), out_dtype="float16")
+    with pytest.raises(ValueError, match=r"sp24.sparsify24_transposed: columns must be on x's device \(cpu\) or the "
+                                         r"CPU, got a meta tensor"):
+        sp24.sparsify24_transposed(x, columns=torch.tensor([0, 1], device="meta"))
+    with pytest.raises(TypeError, match=r"sp24.Sp24Tensor: values.dtype must be torch.float16, torch.bfloat16 or "
+                                        r"torch.float32, got torch.int32"):
+        sp24.Sp24Tensor(torch.ones(1, 2, dtype=torch.int32), torch.tensor([[0, 1]], dtype=torch.uint8))
+
+
+def test_to_takes_a_dtype_first_like_tensor_to():
+    s = sp24.sparsify24(torch.randn(4, 8))
+    h = s.to(torch.float16)
+    assert h.dtype == torch.float16 and torch.equal(h.indices(), s.indices())
+    assert torch.equal(h.values(), s.values().half())

@@ -275,7 +275,7 @@ def test_feature_split_ties_by_index():
     ({"d": 12}, ValueError, "multiples of 8, got d=12"),
     ({"F": 20}, ValueError, "F=20"),
     ({"dtype": torch.float64}, TypeError, "sparse=True needs"),
-    ({"dense_fraction": 1.5}, ValueError, "dense_fraction must lie in [0, 1], got 1.5"),
+    ({"dense_fraction": 1.5}, ValueError, "dense_fraction must be a number in [0, 1], got 1.5"),
 ])
 def test_errors(kwargs, exc, words):
     d, F = kwargs.get("d", 8), kwargs.get("F", 16)

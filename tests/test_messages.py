@@ -4,6 +4,7 @@ times, and the one-line summary of the GPU skips."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
@@ -11,9 +12,18 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import conftest
-
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_tests_conftest():
+    # by path: `import conftest` gets whichever conftest module was imported last (tests/emu has one)
+    spec = importlib.util.spec_from_file_location("sp24_tests_conftest", ROOT / "tests" / "conftest.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+conftest = _load_tests_conftest()
 
 
 def test_demo_default_output_is_untracked():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -41,7 +43,40 @@ def test_set_sparse_counts_and_toggles():
     assert all(m.sparse is True for m in model.modules() if isinstance(m, sp24.nn.ReLU2FFN))
     assert sp24.nn.set_sparse(model, False) == 2
     assert all(m.sparse is False for m in model.modules() if isinstance(m, sp24.nn.ReLU2FFN))
-    assert sp24.nn.set_sparse(nn.Linear(2, 2), True) == 0
+    with pytest.warns(UserWarning, match=r"sp24.nn.set_sparse: Linear has no sp24.nn.ReLU2FFN module, so nothing "
+                                         r"is switched to 2:4 and the model trains dense; call sp24.nn.convert"):
+        assert sp24.nn.set_sparse(nn.Linear(2, 2), True) == 0
+
+
+def test_dense_warmup_warns_on_a_model_without_sp24_ffns():
+    """A user who forgot convert() must not train dense while believing it is 2:4 (new-user trial)."""
+    with pytest.warns(UserWarning, match=r"sp24.nn.DenseWarmup: Sequential has no sp24.nn.ReLU2FFN module"):
+        sp24.nn.DenseWarmup(nn.Sequential(nn.Linear(4, 4)), steps=2)
+
+
+def test_dense_warmup_load_state_dict_names_missing_keys():
+    warm = sp24.nn.DenseWarmup(nn.Sequential(sp24.nn.ReLU2FFN(8, 16)), steps=2)
+    with pytest.raises(ValueError, match=r"sp24.nn.DenseWarmup.load_state_dict: state must be a dict with the keys "
+                                         r"'steps', 'count' and 'done' .*missing \['steps', 'count', 'done'\]"):
+        warm.load_state_dict({})
+
+
+@pytest.mark.parametrize("kw,err,msg", [
+    ({"sparse": "False"}, TypeError, "sp24.relu2_ffn: sparse must be a bool (True or False), got 'False'"),
+    ({"permute_tokens": "no"}, TypeError, "sp24.relu2_ffn: permute_tokens must be a bool (True or False), got 'no'"),
+    ({"dense_fraction": True}, ValueError, "sp24.relu2_ffn: dense_fraction must be a number in [0, 1], got True"),
+    ({"dense_fraction": "0.1"}, ValueError, "sp24.relu2_ffn: dense_fraction must be a number in [0, 1], got '0.1'"),
+])
+def test_relu2_ffn_refuses_non_bool_flags(kw, err, msg):
+    """sparse="False" is truthy: it used to run 2:4 silently (new-user trial)."""
+    x, w1, w2 = torch.randn(8, 8), torch.randn(16, 8), torch.randn(8, 16)
+    with pytest.raises(err, match=re.escape(msg)):
+        sp24.relu2_ffn(x, w1, w2, **kw)
+
+
+def test_relu2_ffn_refuses_an_integer_x():
+    with pytest.raises(TypeError, match=re.escape("sp24.relu2_ffn: x must be a floating-point tensor, got torch.int64")):
+        sp24.relu2_ffn(torch.ones(8, 8, dtype=torch.int64), torch.randn(16, 8), torch.randn(8, 16))
 
 
 @pytest.mark.parametrize("sparse", [False, True])

@@ -25,6 +25,14 @@ def _row_major(x: Tensor) -> Tensor:
     return x if x.dim() != 2 or x.size(1) <= 1 or x.stride(1) == 1 else x.contiguous()
 
 
+def _check_str_arg(op: str, name: str, value, allowed: tuple) -> None:
+    # a wrong type: the dispatcher's own message names neither the op's Python API nor the rule (the
+    # op itself checks the value, with the same words on every device)
+    if not (isinstance(value, str) or (value is None and None in allowed)):
+        raise TypeError(f"sp24.{op}: {name} must be one of {', '.join(repr(a) for a in allowed)}, got {value!r} "
+                        f"({type(value).__name__})")
+
+
 def _check_gradient(op: str, gradient: str) -> None:
     if gradient not in _autograd.GRADIENTS:
         raise ValueError(f"sp24.{op}: gradient must be '24sparse' (the gradient masked by the forward pattern), "
@@ -86,6 +94,8 @@ def sparsify24(x: Tensor, algo: str = "largest", activation: Optional[str] = Non
     x = _as_tensor("sparsify24", "x", x)
     if x.dim() < 1:
         raise ValueError("sp24.sparsify24: x must have shape (..., K), got a 0-D tensor")
+    _check_str_arg("sparsify24", "algo", algo, ("largest", "largest_abs"))
+    _check_str_arg("sparsify24", "activation", activation, (None, "relu2"))
     _check_gradient("sparsify24", gradient)
     _autograd.check_func_transform("sp24.sparsify24", x)
     lead = x.shape[:-1]
@@ -140,11 +150,15 @@ def sparsify24_transposed(x: Tensor, algo: str = "largest_abs",
         tensor([[0., 0., 5., 7.]])
     """
     x = _row_major(_as_tensor("sparsify24_transposed", "x", x))
+    _check_str_arg("sparsify24_transposed", "algo", algo, ("largest", "largest_abs"))
     _check_gradient("sparsify24_transposed", gradient)
     _autograd.check_func_transform("sp24.sparsify24_transposed", x)
     if columns is not None:
         if not isinstance(columns, Tensor):
             columns = _columns_tensor(columns)
+        elif columns.device != x.device and columns.device.type == "meta":
+            raise ValueError(f"sp24.sparsify24_transposed: columns must be on x's device ({x.device}) or the CPU, "
+                             f"got a meta tensor (it has no values to read)")
         if columns.dtype != torch.int64 and not columns.is_floating_point() and columns.dtype != torch.bool:
             columns = columns.to(torch.int64)
         columns = columns.to(x.device)  # the op checks the range, on every device
@@ -186,6 +200,8 @@ def mm(a: Sp24Tensor, b: Tensor, bias: Optional[Tensor] = None,
     if not isinstance(a, Sp24Tensor):
         raise TypeError(f"sp24.mm: a must be a sp24.Sp24Tensor (from sp24.sparsify24), got {type(a).__name__}")
     b = _as_tensor("mm", "b", b)
+    if out_dtype is not None and not isinstance(out_dtype, torch.dtype):
+        raise TypeError(f"sp24.mm: out_dtype must be None or a torch.dtype (e.g. torch.float32), got {out_dtype!r}")
     _autograd.check_func_transform("sp24.mm", a._values, b, bias)
     M, K = a._values.shape[0], 2 * a._values.shape[1]
     src = a._ste_src()

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F_
 from torch import Tensor
 
-from . import _fallback
+from . import _checks, _fallback
 from .tensor import pack_indices, unpack_indices
 from ._fallback import fallback  # noqa: F401  (public: sp24.ffn.fallback(False))
 
@@ -372,8 +372,6 @@ def _check(x, w1, w2, b1, b2, sparse: bool, dense_fraction: float, same_dtype: b
     if d % 8 or Fh % 8:
         raise ValueError(f"{op}: sparse=True needs d and F to be multiples of 8, got d={d}, F={Fh}; pad the "
                          f"weights with zero rows/columns to a multiple of 8 or use sparse=False")
-    if not 0.0 <= dense_fraction <= 1.0:
-        raise ValueError(f"{op}: dense_fraction must lie in [0, 1], got {dense_fraction}")
 
 
 def relu2_ffn(x: Tensor, w1: Tensor, w2: Tensor, b1: Optional[Tensor] = None, b2: Optional[Tensor] = None,
@@ -441,6 +439,12 @@ def relu2_ffn(x: Tensor, w1: Tensor, w2: Tensor, b1: Optional[Tensor] = None, b2
         >>> x.grad.shape
         torch.Size([32, 16])
     """
+    op = "sp24.relu2_ffn"
+    sparse = _checks.check_bool(op, "sparse", sparse)  # sparse="False" would be truthy: refuse it
+    permute_tokens = _checks.check_bool(op, "permute_tokens", permute_tokens)
+    dense_fraction = _checks.check_fraction(op, "dense_fraction", dense_fraction)
+    if isinstance(x, Tensor) and not x.is_floating_point():
+        raise TypeError(f"{op}: x must be a floating-point tensor, got {x.dtype}")
     amp = _autocast_dtype(x)
     if not sparse:
         _check(x, w1, w2, b1, b2, False, dense_fraction, same_dtype=amp is None)

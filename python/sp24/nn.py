@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F_
 from torch import Tensor, nn
 
+from . import _checks
 from .api import stats as _stats
 from .ffn import relu2_ffn
 
@@ -76,16 +77,11 @@ def _check_module(op: str, model) -> None:
 
 
 def _check_fraction(op: str, dense_fraction) -> float:
-    if isinstance(dense_fraction, bool) or not isinstance(dense_fraction, (int, float)) \
-            or not 0.0 <= float(dense_fraction) <= 1.0:
-        raise ValueError(f"sp24.nn.{op}: dense_fraction must be a number in [0, 1], got {dense_fraction!r}")
-    return float(dense_fraction)
+    return _checks.check_fraction(f"sp24.nn.{op}", "dense_fraction", dense_fraction)
 
 
 def _check_bool(op: str, name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"sp24.nn.{op}: {name} must be a bool (True or False), got {value!r}")
-    return value
+    return _checks.check_bool(f"sp24.nn.{op}", name, value)
 
 
 def _check_names(op: str, names) -> tuple[str, str]:
@@ -275,9 +271,10 @@ class ReLU2FFN(nn.Module):
             return l2(torch.relu(l1(x)).square())
         weights, why = self._sparse_weights(l1, l2)
         if weights is None:
-            warnings.warn(f"sp24.nn.ReLU2FFN: {why}; this FFN runs dense (calling its modules) instead of 2:4. "
-                          f"Convert before wrapping with plain nn.Linear, or set_sparse(model, False) to silence this",
-                          stacklevel=2)
+            where = getattr(self, "_sp24_where", None)
+            warnings.warn(f"sp24.nn.ReLU2FFN{f' {where}' if where else ''}: {why}; this FFN runs dense (calling "
+                          f"its modules) instead of 2:4. Remove what stops the 2:4 path, or "
+                          f"set_sparse(model, False) to run dense on purpose and silence this", stacklevel=2)
             return l2(torch.relu(l1(x)).square())
         w1, w2, b1, b2 = weights
         return relu2_ffn(x, w1, w2, b1, b2, sparse=True, dense_fraction=self.dense_fraction,
@@ -338,7 +335,8 @@ def set_sparse(model: nn.Module, enabled: bool) -> int:
         enabled (bool): True for 2:4 forward and backward, False for dense.
 
     Returns:
-        int: how many ReLU2FFN modules were set.
+        int: how many ReLU2FFN modules were set. 0 comes with a warning: nothing was switched
+        (a model that was never passed through :func:`convert` trains dense).
 
     Raises:
         TypeError: model is not an nn.Module, or enabled is not a bool.
@@ -355,7 +353,14 @@ def set_sparse(model: nn.Module, enabled: bool) -> int:
         if isinstance(m, ReLU2FFN):
             m.sparse = enabled
             n += 1
+    if n == 0:
+        warnings.warn(_NO_FFN.format(op="set_sparse", model=type(model).__name__), stacklevel=2)
     return n
+
+
+_NO_FFN = ("sp24.nn.{op}: {model} has no sp24.nn.ReLU2FFN module, so nothing is switched to 2:4 and "
+           "the model trains dense; call sp24.nn.convert(model) first (it returns a report of what it "
+           "swapped and skipped with return_report=True)")
 
 
 def load_mode(model: nn.Module, state_dict: dict) -> int:
@@ -459,6 +464,8 @@ class DenseWarmup:
         self.steps = self._check_count("steps", steps)
         self.model = model
         ffns = [m for m in model.modules() if isinstance(m, ReLU2FFN)]
+        if not ffns:
+            warnings.warn(_NO_FFN.format(op="DenseWarmup", model=type(model).__name__), stacklevel=2)
         self.done = self.steps == 0 or any(m.sparse for m in ffns)
         self.count = self.steps if self.done else 0
         if self.done:
@@ -492,8 +499,13 @@ class DenseWarmup:
         """Resume from :meth:`state_dict`; sets the model's mode to ``state["done"]``.
 
         Raises:
-            TypeError / ValueError: a count that is not an int >= 0, or done that is not a bool.
+            TypeError / ValueError: a missing key, a count that is not an int >= 0, or done that is
+            not a bool.
         """
+        missing = [k for k in ("steps", "count", "done") if not isinstance(state, dict) or k not in state]
+        if missing:
+            raise ValueError(f"sp24.nn.DenseWarmup.load_state_dict: state must be a dict with the keys 'steps', "
+                             f"'count' and 'done' (from DenseWarmup.state_dict()), missing {missing}")
         steps, count = self._check_count("state['steps']", state["steps"]), self._check_count("state['count']", state["count"])
         done = _check_bool("DenseWarmup.load_state_dict", "state['done']", state["done"])
         self.steps, self.count, self.done = steps, count, done
@@ -723,9 +735,11 @@ def convert(model: nn.Module, *, sparse: bool = False, dense_fraction: float = 0
             report.skipped.append((name, why))
         return found
 
-    def build(found) -> ReLU2FFN:
+    def build(found, where: str) -> ReLU2FFN:
         n1, n2, l1, l2 = found
-        return ReLU2FFN.from_linear(l1, l2, sparse=sparse, dense_fraction=dense_fraction, names=(n1, n2))
+        ffn = ReLU2FFN.from_linear(l1, l2, sparse=sparse, dense_fraction=dense_fraction, names=(n1, n2))
+        ffn._sp24_where = where or type(model).__name__  # named in its warnings (every layer says which)
+        return ffn
 
     def done(result):
         for line in str(report).splitlines():
@@ -735,14 +749,14 @@ def convert(model: nn.Module, *, sparse: bool = False, dense_fraction: float = 0
     root = find("", model)
     if root is not None:
         report.swapped.append("")
-        return done(build(root))
+        return done(build(root, ""))
 
     def walk(parent: nn.Module, prefix: str) -> None:
         for child_name, child in list(parent.named_children()):
             full = f"{prefix}.{child_name}" if prefix else child_name
             found = find(full, child)
             if found is not None:
-                setattr(parent, child_name, build(found))
+                setattr(parent, child_name, build(found, full))
                 report.swapped.append(full)
             else:
                 walk(child, full)

@@ -65,6 +65,9 @@ class Sp24Tensor:
                              f"1-D, got {tuple(values.shape)} and {tuple(indices.shape)}")
         if indices.dtype != torch.uint8:
             raise TypeError(f"sp24.Sp24Tensor: indices.dtype must be torch.uint8, got {indices.dtype}")
+        if values.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+            raise TypeError("sp24.Sp24Tensor: values.dtype must be torch.float16, torch.bfloat16 or torch.float32, "
+                            f"got {values.dtype}")
         if values.device != indices.device:
             raise ValueError("sp24.Sp24Tensor: values and indices must be on the same device, got "
                              f"{values.device} and {indices.device}")
@@ -232,9 +235,15 @@ class Sp24Tensor:
         """The kept positions as a bool tensor of the dense shape (..., K) (no gradient)."""
         return self._rows(indices_to_mask(self._indices))
 
-    def to(self, device: Union[str, torch.device, None] = None, dtype: Optional[torch.dtype] = None,
+    def to(self, device: Union[str, torch.device, torch.dtype, None] = None, dtype: Optional[torch.dtype] = None,
            non_blocking: bool = False) -> "Sp24Tensor":
-        """Move (and/or cast the kept values); the pattern is unchanged. Differentiable."""
+        """Move (and/or cast the kept values); the pattern is unchanged. Differentiable.
+
+        Like ``Tensor.to``, a dtype may come first: ``s.to(torch.float16)``."""
+        if isinstance(device, torch.dtype):
+            if dtype is not None:
+                raise TypeError(f"sp24.Sp24Tensor.to: got two dtypes ({device} and {dtype})")
+            device, dtype = None, device
         v = self._values.to(device=device, dtype=dtype, non_blocking=non_blocking)
         i = self._indices.to(device=device, non_blocking=non_blocking)
         ste = None
