@@ -113,6 +113,10 @@ def test_bad_gradient_option():
     x, w1, w2, _ = _inputs()
     with pytest.raises(ValueError, match=r"sp24.relu2_ffn: gradient must be '24sparse'.*got 'nope'"):
         sp24.relu2_ffn(x, w1, w2, gradient="nope")
+    with pytest.raises(ValueError, match=r"gradient must be '24sparse'"):
+        sp24.relu2_ffn(x, w1, w2, sparse=False, gradient="STE")  # checked in dense mode too
+    with pytest.raises(TypeError, match=r"sp24.relu2_ffn: sparse_backward must be a bool \(True or False\), got 'no'"):
+        sp24.relu2_ffn(x, w1, w2, sparse_backward="no")
 
 
 def test_module_passes_the_options():

@@ -443,6 +443,10 @@ def relu2_ffn(x: Tensor, w1: Tensor, w2: Tensor, b1: Optional[Tensor] = None, b2
     sparse = _checks.check_bool(op, "sparse", sparse)  # sparse="False" would be truthy: refuse it
     permute_tokens = _checks.check_bool(op, "permute_tokens", permute_tokens)
     dense_fraction = _checks.check_fraction(op, "dense_fraction", dense_fraction)
+    sparse_backward = _checks.check_bool(op, "sparse_backward", sparse_backward)
+    if not isinstance(gradient, str) or gradient not in GRADIENTS:
+        raise ValueError(f"{op}: gradient must be '24sparse' (the forward's 2:4 pattern masks dY1) or "
+                         f"'ste' (straight-through), got {gradient!r}")
     if isinstance(x, Tensor) and not x.is_floating_point():
         raise TypeError(f"{op}: x must be a floating-point tensor, got {x.dtype}")
     amp = _autocast_dtype(x)
@@ -455,9 +459,6 @@ def relu2_ffn(x: Tensor, w1: Tensor, w2: Tensor, b1: Optional[Tensor] = None, b2
         x, w1, w2, b1, b2 = (t.to(amp) if isinstance(t, Tensor) and t.is_floating_point() else t
                               for t in (x, w1, w2, b1, b2))
     _check(x, w1, w2, b1, b2, sparse, dense_fraction)
-    if gradient not in GRADIENTS:
-        raise ValueError(f"sp24.relu2_ffn: gradient must be '24sparse' (the forward's 2:4 pattern masks dY1) or "
-                         f"'ste' (straight-through), got {gradient!r}")
     d, Fh = w1.shape[1], w1.shape[0]
     x2d = x.reshape(-1, d)
     T = x2d.shape[0]
