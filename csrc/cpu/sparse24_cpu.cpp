@@ -1,10 +1,16 @@
-// CPU kernels: correct, deterministic, not fast. They define what the CUDA kernels must match bit
-// for bit (the tests compare both against sp24.reference).
+// CPU kernels: correct and deterministic; they define what the CUDA kernels must match bit for bit
+// (the tests compare both against sp24.reference). Fast enough for CPU training studies (issue #13):
+// a branch-free selection for NaN-free groups (the generic rule of sp24/select.h otherwise), and the
+// token-direction kernels work on tiles of kTokTile tokens held column-major in a per-thread buffer,
+// so every read and write streams instead of striding across rows.
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <algorithm>
+#include <cmath>
 #include <atomic>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -25,6 +31,33 @@ void dispatch_dtype(DType d, F&& f) {
 
 constexpr int64_t kGrain = 64;
 
+// Tokens per tile of the token-direction kernels (a multiple of 4): a tile of 32 tokens x F features
+// is 256 KiB of fp32 at F = 2048, and each output row then receives one 64-byte line per tile.
+constexpr int64_t kTokTile = 32;
+
+// select_2of4 (sp24/select.h), with the common NaN-free case branch-free: position i is kept iff fewer
+// than two positions rank above it, where j ranks above i iff k[j] > k[i], or k[j] == k[i] and j < i.
+inline uint32_t select_mask(float a0, float a1, float a2, float a3, int algo) {
+  if (is_nan(a0) || is_nan(a1) || is_nan(a2) || is_nan(a3)) return select_2of4(a0, a1, a2, a3, algo);
+  if (algo == kLargestAbs) {  // fabs clears the sign bit (no branch); -0.0 and 0.0 compare equal anyway
+    a0 = std::fabs(a0);
+    a1 = std::fabs(a1);
+    a2 = std::fabs(a2);
+    a3 = std::fabs(a3);
+  }
+  const int r0 = (a1 > a0) + (a2 > a0) + (a3 > a0);
+  const int r1 = (a0 >= a1) + (a2 > a1) + (a3 > a1);
+  const int r2 = (a0 >= a2) + (a1 >= a2) + (a3 > a2);
+  const int r3 = (a0 >= a3) + (a1 >= a3) + (a2 >= a3);
+  return (r0 < 2 ? 1u : 0u) | (r1 < 2 ? 2u : 0u) | (r2 < 2 ? 4u : 0u) | (r3 < 2 ? 8u : 0u);
+}
+
+// mask_to_indices (sp24/select.h) as tables: the kept pair is data-dependent, and the chained
+// conditionals cost a mispredicted branch or two per group (measured: the selection ran at ~4x the
+// time of torch.relu(x).square() on the same tensor before these tables).
+constexpr uint8_t kLoOf[16] = {3, 0, 1, 0, 2, 0, 1, 0, 3, 0, 1, 0, 2, 0, 1, 0};
+constexpr uint8_t kHiOf[16] = {0, 0, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3};
+
 // fp32 -> T, rounded to nearest even once; a NaN becomes the canonical NaN of T (sp24/select.h):
 // c10's casts would write 0x7E00 (fp16) / 0x7FC0 (bf16), the GPU writes 0x7FFF.
 template <typename T>
@@ -39,50 +72,96 @@ inline T round_to(float v) {
 // Select the kept pair of one group of 4 (as stored in T) and write its values and indices.
 template <typename T>
 inline void select_and_store(const T (&a)[4], int algo, T* v, uint8_t* idx) {
-  uint8_t lo, hi;
-  mask_to_indices(select_2of4(static_cast<float>(a[0]), static_cast<float>(a[1]), static_cast<float>(a[2]),
-                              static_cast<float>(a[3]), algo),
-                  lo, hi);
-  v[0] = a[lo];
-  v[1] = a[hi];
+  const uint32_t m = select_mask(static_cast<float>(a[0]), static_cast<float>(a[1]), static_cast<float>(a[2]),
+                                 static_cast<float>(a[3]), algo);
+  const uint8_t lo = kLoOf[m], hi = kHiOf[m];
+  // Bit masks, not a[lo] (a dynamic index keeps the group in memory: a store-forwarding stall) nor
+  // conditionals (data-dependent branches): the kept values are copied bit for bit.
+  using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint16_t>;
+  Bits b[4], o0 = 0, o1 = 0;
+  std::memcpy(b, a, sizeof b);
+  for (int i = 0; i < 4; ++i) {
+    o0 |= b[i] & static_cast<Bits>(-static_cast<Bits>(lo == i));
+    o1 |= b[i] & static_cast<Bits>(-static_cast<Bits>(hi == i));
+  }
+  std::memcpy(v, &o0, sizeof o0);
+  std::memcpy(v + 1, &o1, sizeof o1);
   idx[0] = lo;
   idx[1] = hi;
 }
 
-template <typename T>
-void sparsify24_rows(const Sparsify24Params& p) {
+// sp24::relu2 (sp24/select.h) bit for bit, in integer operations that the compiler vectorises (GCC
+// keeps a data-dependent branch per element for any floating-point select form, measured): the
+// negative numbers -0.0 .. -inf (bits 0x80000000 .. 0xFF800000) become +0.0, everything else passes,
+// then the same fp32 multiply as relu2, and a NaN (of either sign, any payload) becomes the canonical
+// NaN as relu2 makes it.
+inline float relu2_cpu(float v) {
+  uint32_t b;
+  std::memcpy(&b, &v, sizeof b);
+  const uint32_t negative = (b - 0x80000000u) <= 0x7F800000u;
+  b &= negative - 1u;
+  float r;
+  std::memcpy(&r, &b, sizeof r);
+  r = r * r;
+  std::memcpy(&b, &r, sizeof b);
+  const uint32_t nan = (b & 0x7FFFFFFFu) > 0x7F800000u;
+  b = (b & (nan - 1u)) | (kNanBitsF32 & (0u - nan));
+  std::memcpy(&r, &b, sizeof r);
+  return r;
+}
+
+// Per row: the activation (if any) into a per-thread row buffer, the counts, then the selection; each
+// pass is a plain loop over the row (the first two vectorise). Params are copied to locals: the
+// uint8_t index stores may alias anything, which would otherwise reload them in the inner loop.
+template <typename T, bool kRelu2, bool kCounts>
+void sparsify24_rows_impl(const Sparsify24Params& p) {
   const T* x = static_cast<const T*>(p.x);
   T* values = static_cast<T*>(p.values);
-  const int64_t G = p.K / 4;
+  uint8_t* indices = p.indices;
+  const int64_t K = p.K, G = p.K / 4, stride = p.x_row_stride;
+  const int algo = p.algo;
   // Per-thread column counts, reduced at the end: deterministic and free of atomics.
   const int nthreads = at::get_num_threads();
-  std::vector<std::vector<int32_t>> partial(p.counts ? nthreads : 0);
+  std::vector<std::vector<int32_t>> partial(kCounts ? nthreads : 0);
   at::parallel_for(0, p.M, kGrain, [&](int64_t r0, int64_t r1) {
     int32_t* cnt = nullptr;
-    if (p.counts) {
+    if constexpr (kCounts) {
       auto& mine = partial[at::get_thread_num()];
-      if (mine.empty()) mine.assign(p.K, 0);
+      if (mine.empty()) mine.assign(K, 0);
       cnt = mine.data();
     }
+    std::vector<T> act(kRelu2 ? K : 0);
     for (int64_t r = r0; r < r1; ++r) {
-      const T* xr = x + r * p.x_row_stride;
-      T* vr = values + r * (p.K / 2);
-      uint8_t* ir = p.indices + r * (p.K / 2);
+      const T* xr = x + r * stride;
+      if constexpr (kRelu2) {
+        T* a = act.data();
+        for (int64_t k = 0; k < K; ++k) a[k] = round_to<T>(relu2_cpu(static_cast<float>(xr[k])));  // ranked as stored
+        xr = a;
+      }
+      if constexpr (kCounts) {
+        for (int64_t k = 0; k < K; ++k) cnt[k] += static_cast<float>(xr[k]) != 0.f;  // NaN != 0: non-zero
+      }
+      T* vr = values + r * (K / 2);
+      uint8_t* ir = indices + r * (K / 2);
       for (int64_t g = 0; g < G; ++g) {
-        T a[4];
-        for (int i = 0; i < 4; ++i) {
-          a[i] = xr[4 * g + i];
-          if (p.relu2) a[i] = round_to<T>(relu2(static_cast<float>(a[i])));  // ranked as stored
-          if (cnt && static_cast<float>(a[i]) != 0.f) cnt[4 * g + i] += 1;    // NaN != 0: non-zero
-        }
-        select_and_store(a, p.algo, vr + 2 * g, ir + 2 * g);
+        const T a[4] = {xr[4 * g], xr[4 * g + 1], xr[4 * g + 2], xr[4 * g + 3]};
+        select_and_store(a, algo, vr + 2 * g, ir + 2 * g);
       }
     }
   });
-  if (p.counts) {
+  if constexpr (kCounts) {
     for (auto& part : partial)
       if (!part.empty())
-        for (int64_t k = 0; k < p.K; ++k) p.counts[k] += part[k];
+        for (int64_t k = 0; k < K; ++k) p.counts[k] += part[k];
+  }
+}
+
+template <typename T>
+void sparsify24_rows(const Sparsify24Params& p) {
+  if (p.relu2) {
+    p.counts ? sparsify24_rows_impl<T, true, true>(p) : sparsify24_rows_impl<T, true, false>(p);
+  } else {
+    p.counts ? sparsify24_rows_impl<T, false, true>(p) : sparsify24_rows_impl<T, false, false>(p);
   }
 }
 
@@ -90,16 +169,20 @@ template <typename T>
 void sparsify24_transposed_rows(const Sparsify24TransposedParams& p) {
   const T* x = static_cast<const T*>(p.x);
   T* values = static_cast<T*>(p.values);
-  const int64_t G = p.T / 4;
-  at::parallel_for(0, p.C, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      const int64_t col = p.columns ? p.columns[c] : c;
-      T* vr = values + c * (p.T / 2);
-      uint8_t* ir = p.indices + c * (p.T / 2);
-      for (int64_t g = 0; g < G; ++g) {
-        T a[4];
-        for (int i = 0; i < 4; ++i) a[i] = x[(4 * g + i) * p.x_row_stride + col];
-        select_and_store(a, p.algo, vr + 2 * g, ir + 2 * g);
+  // Tiles of kTokTile tokens: output row c gets a contiguous run per tile, and the tile's input rows
+  // stay in cache while its columns are read.
+  at::parallel_for(0, (p.T + kTokTile - 1) / kTokTile, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t t0 = b * kTokTile, t1 = std::min(p.T, t0 + kTokTile);
+      for (int64_t c = 0; c < p.C; ++c) {
+        const T* xc = x + (p.columns ? p.columns[c] : c);
+        T* vr = values + c * (p.T / 2);
+        uint8_t* ir = p.indices + c * (p.T / 2);
+        for (int64_t t = t0; t < t1; t += 4) {
+          const T a[4] = {xc[t * p.x_row_stride], xc[(t + 1) * p.x_row_stride], xc[(t + 2) * p.x_row_stride],
+                          xc[(t + 3) * p.x_row_stride]};
+          select_and_store(a, p.algo, vr + t / 2, ir + t / 2);
+        }
       }
     }
   });
@@ -141,40 +224,38 @@ void to_dense24_rows(const ToDense24Params& p) {
   });
 }
 
-// Element (t, col) of the dense form of a row-wise 2:4 matrix with H = K/2 compressed columns, as
-// sparse24_to_dense writes it: +0.0 at a dropped position; `& 3` as there, and the second index of
-// a pair wins if a corrupted pair repeats a position (to_dense writes it last).
-template <typename T>
-inline T dense_at(const T* values, const uint8_t* indices, int64_t H, int64_t t, int64_t col) {
-  const int64_t h = t * H + 2 * (col / 4);
-  const int pos = static_cast<int>(col & 3);
-  if ((indices[h + 1] & 3) == pos) return values[h + 1];
-  if ((indices[h] & 3) == pos) return values[h];
-  return T(0.f);
-}
-
 template <typename T>
 void transposed_split_rows(const TransposedSplit24Params& p) {
   const T* values = static_cast<const T*>(p.values);
   T* tvalues = static_cast<T*>(p.tvalues);
   T* dense_t = static_cast<T*>(p.dense_t);
-  const int64_t H = p.F / 2, G = p.T / 4;
-  // Output rows 0..Cs-1: the token-direction 2:4 of sparse_cols; Cs..Cs+Cd-1: dense_cols.
-  at::parallel_for(0, p.Cs + p.Cd, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      if (c >= p.Cs) {
-        const int64_t col = p.dense_cols[c - p.Cs];
-        T* o = dense_t + (c - p.Cs) * p.T;
-        for (int64_t t = 0; t < p.T; ++t) o[t] = dense_at(values, p.indices, H, t, col);
-        continue;
+  const int64_t H = p.F / 2;
+  // Output rows 0..Cs-1: the token-direction 2:4 of sparse_cols; 0..Cd-1 of dense_t: dense_cols.
+  // Per tile of kTokTile tokens, the dense form of its rows is written column-major into a
+  // per-thread buffer (+0.0 at a dropped position; `& 3` as in to_dense, and the second index of a
+  // pair wins if a corrupted pair repeats a position, as to_dense writes it last), then every output
+  // row reads its column as one contiguous run.
+  at::parallel_for(0, (p.T + kTokTile - 1) / kTokTile, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<T> buf(static_cast<size_t>(p.F) * kTokTile);
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t t0 = b * kTokTile, n = std::min(p.T, t0 + kTokTile) - t0;
+      std::fill(buf.begin(), buf.end(), T(0.f));
+      for (int64_t t = 0; t < n; ++t) {
+        const T* vr = values + (t0 + t) * H;
+        const uint8_t* ir = p.indices + (t0 + t) * H;
+        for (int64_t h = 0; h < H; ++h) buf[(4 * (h / 2) + (ir[h] & 3)) * kTokTile + t] = vr[h];
       }
-      const int64_t col = p.sparse_cols[c];
-      T* vr = tvalues + c * (p.T / 2);
-      uint8_t* ir = p.tindices + c * (p.T / 2);
-      for (int64_t g = 0; g < G; ++g) {
-        T a[4];
-        for (int i = 0; i < 4; ++i) a[i] = dense_at(values, p.indices, H, 4 * g + i, col);
-        select_and_store(a, p.algo, vr + 2 * g, ir + 2 * g);
+      for (int64_t c = 0; c < p.Cs; ++c) {
+        const T* col = buf.data() + p.sparse_cols[c] * kTokTile;
+        T* vr = tvalues + c * (p.T / 2) + t0 / 2;
+        uint8_t* ir = p.tindices + c * (p.T / 2) + t0 / 2;
+        for (int64_t t = 0; t < n; t += 4) {
+          const T a[4] = {col[t], col[t + 1], col[t + 2], col[t + 3]};
+          select_and_store(a, p.algo, vr + t / 2, ir + t / 2);
+        }
+      }
+      for (int64_t c = 0; c < p.Cd; ++c) {
+        std::memcpy(dense_t + c * p.T + t0, buf.data() + p.dense_cols[c] * kTokTile, n * sizeof(T));
       }
     }
   });

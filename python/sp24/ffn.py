@@ -152,6 +152,10 @@ def _pad_rows(t: Tensor, pad: int) -> Tensor:
 # autograd
 
 
+_DEFAULT_OPTIONS = ("24sparse", True)  # (gradient, sparse_backward) of relu2_ffn
+GRADIENTS = ("24sparse", "ste")
+
+
 class _SparseReLU2FFN(torch.autograd.Function):
     # A torch.autograd.Function (not a custom_op): it is made of sp24 ops that already have
     # Meta kernels, so Dynamo traces forward and backward into the graph with fullgraph=True and
@@ -161,7 +165,7 @@ class _SparseReLU2FFN(torch.autograd.Function):
     # setup_context can save them; relu2_ffn returns only the first output.
 
     @staticmethod
-    def forward(x2d, w1, w2, b1, b2, perm, inv_perm, n_dense, out_shape, need_counts):
+    def forward(x2d, w1, w2, b1, b2, perm, inv_perm, n_dense, out_shape, need_counts, options):
         T, d = x2d.shape
         pad = (-T) % TOKEN_ALIGN
         X = _pad_rows(x2d if perm is None else x2d.index_select(0, perm), pad)
@@ -185,20 +189,23 @@ class _SparseReLU2FFN(torch.autograd.Function):
                 out.view(-1, d).copy_(y3[:T])
             else:
                 out.view(-1, d).index_copy_(0, perm, y3[:T])
-        # the pattern is saved packed, 4 indices a byte (F % 8 == 0 in sparse mode): T*F/8 bytes
-        return out, values, pack_indices(indices), counts
+        # the pattern is saved packed, 4 indices a byte (F % 8 == 0 in sparse mode): T*F/8 bytes.
+        # gradient="ste" needs relu(Y1) at every position, so it also keeps the dense Y1.
+        y1_saved = y1 if options[0] == "ste" and need_counts else y1.new_empty(0)
+        return out, values, pack_indices(indices), counts, y1_saved
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x2d, w1, w2, b1, b2, perm, inv_perm, n_dense, _out_shape, need_counts = inputs
-        _out, values, packed, counts = output
-        ctx.mark_non_differentiable(values, packed, counts)
-        ctx.save_for_backward(x2d, w1, w2, values, packed, counts, perm, inv_perm)
+        x2d, w1, w2, b1, b2, perm, inv_perm, n_dense, _out_shape, need_counts, _options = inputs
+        _out, values, packed, counts, y1_saved = output
+        ctx.mark_non_differentiable(values, packed, counts, y1_saved)
+        ctx.save_for_backward(x2d, w1, w2, values, packed, counts, perm, inv_perm, y1_saved)
         ctx.n_dense = n_dense
+        ctx.gradient, ctx.sparse_backward = inputs[10]
         ctx.has_b1, ctx.has_b2 = b1 is not None, b2 is not None
 
     @staticmethod
-    def vmap(info, in_dims, x2d, w1, w2, b1, b2, perm, inv_perm, n_dense, out_shape, need_counts):
+    def vmap(info, in_dims, x2d, w1, w2, b1, b2, perm, inv_perm, n_dense, out_shape, need_counts, options):
         # torch.func.vmap over x only: the FFN is row-wise, so a batch of B inputs is one call on
         # B*T tokens (forward bit for bit the per-sample result). Batched weights (per-sample
         # models) are refused.
@@ -214,19 +221,19 @@ class _SparseReLU2FFN(torch.autograd.Function):
         xf = xb.reshape(B * T, d)
         if perm is not None:
             perm, inv_perm = token_permutation(B * T, xf.device)
-        out, values, packed, counts = _SparseReLU2FFN.apply(xf, w1, w2, b1, b2, perm, inv_perm, n_dense,
-                                                            (B * T, d), need_counts)
-        return (out.reshape(B, *out_shape), values, packed, counts), (0, None, None, None)
+        out, values, packed, counts, y1_saved = _SparseReLU2FFN.apply(xf, w1, w2, b1, b2, perm, inv_perm, n_dense,
+                                                                      (B * T, d), need_counts, options)
+        return (out.reshape(B, *out_shape), values, packed, counts, y1_saved), (0, None, None, None, None)
 
     @staticmethod
     @torch.autograd.function.once_differentiable  # no double backward (a clear error if asked)
-    def backward(ctx, dout, _dvalues, _dpacked, _dcounts):
+    def backward(ctx, dout, _dvalues, _dpacked, _dcounts, _dy1):
         if not torch.compiler.is_compiling() and _under_vmap():
             raise NotImplementedError(
                 "sp24.relu2_ffn: torch.func.vmap over a gradient (e.g. per-sample gradients, vmap(grad(f))) is not "
                 "supported by the 2:4 path; take the gradient of the batched call (grad(f) on the whole batch), "
                 "or use sparse=False")
-        x2d, w1, w2, values, packed, counts, perm, inv_perm = ctx.saved_tensors
+        x2d, w1, w2, values, packed, counts, perm, inv_perm, y1 = ctx.saved_tensors
         if counts.numel() != values.shape[1] * 2:  # relu2_ffn passes need_counts=True whenever it records a graph
             raise RuntimeError("sp24.relu2_ffn: internal error: a backward without the forward's feature counts "
                                "(the forward ran with need_counts=False)")
@@ -239,7 +246,10 @@ class _SparseReLU2FFN(torch.autograd.Function):
         dy3 = _pad_rows((dout if perm is None else dout.index_select(0, perm)).contiguous(), Tp - T)  # (Tp, d)
         dense_cols, sparse_cols = feature_split(counts, ctx.n_dense)
 
-        if need_w2:  # dW2^T = Y2^T dY3: sparse features 2:4 along the tokens, dense ones dense
+        ste, sparse_bwd = ctx.gradient == "ste", ctx.sparse_backward
+        if need_w2 and not sparse_bwd:  # sparse_backward=False: the dense GEMM on the forward's (2:4) Y2
+            dw2 = dy3.t() @ _ops.sparse24_to_dense(values, indices)
+        elif need_w2:  # dW2^T = Y2^T dY3: sparse features 2:4 along the tokens, dense ones dense
             # one pass over the compressed Y2, no dense (Tp, F) copy (issue #4)
             tv, ti, y2d_t = _ops.sparse24_transposed_split(values, indices, sparse_cols, dense_cols, "largest_abs",
                                                            False)  # a permutation of range(F): no sync
@@ -251,13 +261,19 @@ class _SparseReLU2FFN(torch.autograd.Function):
             db2 = dy3[:T].sum(0)
         if need_x or need_w1 or (need_b1 and ctx.has_b1):
             dy2 = dy3 @ w2
+            if ste:
+                dx, dw1, db1 = _ste_backward(ctx, dy2, y1, x2d, w1, perm, inv_perm, dense_cols, sparse_cols, T)
+                return dx, dw1, dw2, db1, db2, None, None, None, None, None, None
             dy1 = _ops.sparse24_apply_relu2_backward(dy2, values, indices)     # forward pattern
             if need_x:
                 dxp = _ops.sparse24_mm(dy1, indices, w1, None, None)[:T]
                 dx = dxp if perm is None else dxp.index_select(0, inv_perm)
             if need_b1 and ctx.has_b1:
                 db1 = _column_sums(dy1, indices).to(dy1.dtype)                 # padded rows are 0
-            if need_w1:  # dW1 = dY1^T X, split like dW2, straight from the compressed dY1
+            if need_w1 and not sparse_bwd:  # the dense GEMM on dY1 (the forward's pattern)
+                X = _pad_rows(x2d if perm is None else x2d.index_select(0, perm), Tp - T)
+                dw1 = _ops.sparse24_to_dense(dy1, indices).t() @ X
+            elif need_w1:  # dW1 = dY1^T X, split like dW2, straight from the compressed dY1
                 X = _pad_rows(x2d if perm is None else x2d.index_select(0, perm), Tp - T)
                 tv, ti, dy1d_t = _ops.sparse24_transposed_split(dy1, indices, sparse_cols, dense_cols, "largest_abs",
                                                                  False)  # valid by construction
@@ -265,7 +281,32 @@ class _SparseReLU2FFN(torch.autograd.Function):
                 g_dense = dy1d_t @ X                                            # (Fd, d)
                 dw1 = dy1.new_empty(Fh, d).index_copy_(0, sparse_cols, g_sparse).index_copy_(
                     0, dense_cols, g_dense)
-        return dx, dw1, dw2, db1, db2, None, None, None, None, None
+        return dx, dw1, dw2, db1, db2, None, None, None, None, None, None
+
+
+def _ste_backward(ctx, dy2, y1, x2d, w1, perm, inv_perm, dense_cols, sparse_cols, T):
+    """(dx, dw1, db1) of gradient="ste": dY1 = dY2 * 2 relu(Y1) at every position (the forward's 2:4
+    pattern ignored), in fp32 and rounded once; dX = dY1 W1 dense; dW1 = dY1^T X split like the default
+    (the sparse features 2:4 along the tokens of the dense dY1) or dense with sparse_backward=False."""
+    need_x, need_w1, _, need_b1, _ = ctx.needs_input_grad[:5]
+    dx = dw1 = db1 = None
+    dy1 = (dy2.float() * (2.0 * torch.relu(y1.float()))).to(dy2.dtype)   # padded rows: dY2 = 0 there
+    if need_x:
+        dxp = (dy1 @ w1)[:T]
+        dx = dxp if perm is None else dxp.index_select(0, inv_perm)
+    if need_b1 and ctx.has_b1:
+        db1 = dy1.sum(0, dtype=torch.float32).to(dy1.dtype)
+    if need_w1:
+        X = _pad_rows(x2d if perm is None else x2d.index_select(0, perm), dy1.shape[0] - T)
+        if not ctx.sparse_backward:
+            dw1 = dy1.t() @ X
+        else:
+            tv, ti = _ops.sparsify24_transposed(dy1, "largest_abs", sparse_cols)
+            g_sparse = _ops.sparse24_mm(tv, ti, X, None, None)
+            g_dense = dy1.t()[dense_cols] @ X
+            dw1 = dy1.new_empty(dy1.shape[1], X.shape[1]).index_copy_(0, sparse_cols, g_sparse).index_copy_(
+                0, dense_cols, g_dense)
+    return dx, dw1, db1
 
 
 def _under_vmap() -> bool:
@@ -334,7 +375,8 @@ def _check(x, w1, w2, b1, b2, sparse: bool, dense_fraction: float, same_dtype: b
 
 
 def relu2_ffn(x: Tensor, w1: Tensor, w2: Tensor, b1: Optional[Tensor] = None, b2: Optional[Tensor] = None,
-              *, sparse: bool = True, dense_fraction: float = 0.05, permute_tokens: bool = True) -> Tensor:
+              *, sparse: bool = True, dense_fraction: float = 0.05, permute_tokens: bool = True,
+              gradient: str = "24sparse", sparse_backward: bool = True) -> Tensor:
     """Differentiable Squared-ReLU FFN ``relu(x @ w1.T + b1) ** 2 @ w2.T + b2`` with 2:4 activations.
 
     ``sparse=True`` runs the forward GEMM ``Y2 @ w2.T`` on the row-wise 2:4 of Y2 and the backward
@@ -367,6 +409,13 @@ def relu2_ffn(x: Tensor, w1: Tensor, w2: Tensor, b1: Optional[Tensor] = None, b2
             gradients stay dense (default 0.05).
         permute_tokens (bool): the fixed token permutation inside the FFN (default True); it only
             changes which tokens the backward's token-wise 2:4 groups together.
+        gradient (str): ``"24sparse"`` (default): dY1 = dY2 * 2 relu(Y1) on the forward's 2:4
+            pattern only, the values the forward dropped get no gradient (the paper's recipe);
+            ``"ste"``: straight-through, dY1 at every position (dX is then a dense GEMM, and the
+            dense Y1 is saved for backward: T*F more elements of saved activations).
+        sparse_backward (bool): True (default): the weight gradients' 2:4 along the tokens with
+            the feature split; False: 2:4 in the forward only, the backward's GEMMs dense (the exact
+            gradient of the 2:4 forward with ``gradient="24sparse"``).
 
     Returns:
         Tensor: (..., d), dtype of x (the autocast dtype under autocast).
@@ -394,6 +443,10 @@ def relu2_ffn(x: Tensor, w1: Tensor, w2: Tensor, b1: Optional[Tensor] = None, b2
     sparse = _checks.check_bool(op, "sparse", sparse)  # sparse="False" would be truthy: refuse it
     permute_tokens = _checks.check_bool(op, "permute_tokens", permute_tokens)
     dense_fraction = _checks.check_fraction(op, "dense_fraction", dense_fraction)
+    sparse_backward = _checks.check_bool(op, "sparse_backward", sparse_backward)
+    if not isinstance(gradient, str) or gradient not in GRADIENTS:
+        raise ValueError(f"{op}: gradient must be '24sparse' (the forward's 2:4 pattern masks dY1) or "
+                         f"'ste' (straight-through), got {gradient!r}")
     if isinstance(x, Tensor) and not x.is_floating_point():
         raise TypeError(f"{op}: x must be a floating-point tensor, got {x.dtype}")
     amp = _autocast_dtype(x)
@@ -418,7 +471,8 @@ def relu2_ffn(x: Tensor, w1: Tensor, w2: Tensor, b1: Optional[Tensor] = None, b2
     perm = inv_perm = None
     if permute_tokens and T > 1:
         perm, inv_perm = token_permutation(T, x.device)
-    args = (x2d, w1, w2, b1, b2, perm, inv_perm, n_dense, (*x.shape[:-1], d), backward)
+    args = (x2d, w1, w2, b1, b2, perm, inv_perm, n_dense, (*x.shape[:-1], d), backward,
+            (gradient, bool(sparse_backward)))
     if amp is not None:
         with torch.autocast(x.device.type, enabled=False):
             return _SparseReLU2FFN.apply(*args)[0]

@@ -148,6 +148,11 @@ class ReLU2FFN(nn.Module):
     ``.track_stats = True`` records, without autograd, ``.last_stats`` = {"zero_fraction",
     "drop_rowwise", "drop_tokenwise"} of each forward's Y2 (an extra GEMM; for monitoring).
 
+    ``.gradient`` (``"24sparse"``, default, or ``"ste"``) and ``.sparse_backward`` (default
+    ``True``) are passed to :func:`sp24.relu2_ffn` on the 2:4 path (ablations of the backward's
+    approximations, e.g. ``python -m sp24.study``); they are plain attributes of the training
+    recipe, not part of the state_dict's mode.
+
     Args:
         d_model (int): model dim d (input and output features).
         d_hidden (int): hidden dim F; ``sparse=True`` needs d and F to be multiples of 8.
@@ -188,6 +193,8 @@ class ReLU2FFN(nn.Module):
         self.sparse = _check_bool("ReLU2FFN", "sparse", sparse)
         self.dense_fraction = _check_fraction("ReLU2FFN", dense_fraction)
         self.permute_tokens = True
+        self.gradient = "24sparse"
+        self.sparse_backward = True
         self.track_stats = False
         self.last_stats: Optional[dict] = None
         self.linear_names = names
@@ -271,7 +278,8 @@ class ReLU2FFN(nn.Module):
             return l2(torch.relu(l1(x)).square())
         w1, w2, b1, b2 = weights
         return relu2_ffn(x, w1, w2, b1, b2, sparse=True, dense_fraction=self.dense_fraction,
-                         permute_tokens=self.permute_tokens)
+                         permute_tokens=self.permute_tokens, gradient=self.gradient,
+                         sparse_backward=self.sparse_backward)
 
     @torch.no_grad()
     def _record_stats(self, x: Tensor, l1: nn.Module) -> None:

@@ -277,6 +277,17 @@ class Sp24Tensor:
         return f"Sp24Tensor(shape={tuple(self.shape)}, dtype={self.dtype}, device={self.device}{grad})"
 
 
+_PACK_MUL = (1 << 24) + (1 << 18) + (1 << 12) + (1 << 6)
+_UNPACK_TABLE: list = []
+
+
+def _unpack_table() -> Tensor:
+    if not _UNPACK_TABLE:
+        b = torch.arange(256, dtype=torch.int32)
+        _UNPACK_TABLE.append((b & 3) | (((b >> 2) & 3) << 8) | (((b >> 4) & 3) << 16) | ((b >> 6) << 24))
+    return _UNPACK_TABLE[0]
+
+
 def pack_indices(indices: Tensor) -> Tensor:
     """(M, K/2) uint8 indices (2 bits of information each) -> (M, K/8) uint8, 4 per byte:
     byte j of a row = i[4j] | i[4j+1] << 2 | i[4j+2] << 4 | i[4j+3] << 6, i.e. group 2j in the low
@@ -286,6 +297,13 @@ def pack_indices(indices: Tensor) -> Tensor:
     M, H = indices.shape
     if H % 4:
         raise ValueError(f"sp24.pack_indices: indices.size(1) (K/2) must be a multiple of 4, got {H}")
+    if indices.device.type == "cpu" and not torch.compiler.is_compiling() and indices.storage_offset() % 4 == 0:
+        # CPU: the 4 indices of a packed byte read as one little-endian int32 (index s in byte s, at
+        # bit 8s), times 2^24 + 2^18 + 2^12 + 2^6 moves index s to bit 24 + 2s with no carries (the
+        # other partial products land below bit 24 or past bit 31), so byte 3 of the product is the
+        # packed byte: 2 passes instead of 7 uint8 ops over strided views (issue #13)
+        v = indices.contiguous().view(torch.int32) * _PACK_MUL
+        return v.view(torch.uint8).view(M, H // 4, 4)[..., 3].contiguous()
     i = indices.reshape(M, H // 4, 4)
     return i[..., 0] | (i[..., 1] << 2) | (i[..., 2] << 4) | (i[..., 3] << 6)
 
@@ -293,4 +311,7 @@ def pack_indices(indices: Tensor) -> Tensor:
 def unpack_indices(packed: Tensor) -> Tensor:
     """Inverse of pack_indices: (M, K/8) uint8 -> (M, K/2) uint8 indices."""
     M, B = packed.shape
+    if packed.device.type == "cpu" and not torch.compiler.is_compiling():
+        # a 256-entry table: packed byte -> the int32 whose 4 bytes are its 4 indices (2 passes)
+        return _unpack_table()[packed.to(torch.int32)].view(torch.uint8).view(M, 4 * B)
     return torch.stack([packed & 3, (packed >> 2) & 3, (packed >> 4) & 3, packed >> 6], dim=-1).reshape(M, 4 * B)

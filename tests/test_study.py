@@ -1,0 +1,157 @@
+"""`python -m sp24.study`: the seconds-long micro study end to end (every run, JSON, table, plot), and
+the public FFN options the ablations use (relu2_ffn's gradient= and sparse_backward=)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import sp24
+from sp24 import reference
+
+pytest.importorskip("matplotlib", reason="the study's plot needs matplotlib (pip install matplotlib)")
+pytest.importorskip("tqdm", reason="the study's progress bar needs tqdm (pip install tqdm)")
+
+from sp24 import study  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def micro(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study_micro")
+    threads = torch.get_num_threads()
+    doc = study.main(["--config", "micro", "--out", str(out), "--threads", "1"])
+    assert torch.get_num_threads() == threads, "main() must restore the thread count"
+    return out, doc
+
+
+def test_micro_study_writes_every_run(micro, capsys):
+    out, doc = micro
+    names = [r.name for r in study.runs_for(study.CONFIGS["micro"])]
+    assert list(doc["runs"]) == names
+    on_disk = json.loads((out / "study.json").read_text(), parse_constant=lambda c: pytest.fail(f"not plain JSON: {c}"))
+    assert list(on_disk["runs"]) == names
+    assert (out / "study.png").stat().st_size > 10_000
+    md = (out / "study.md").read_text()
+    assert all(f"| {n} |" in md for n in names)
+    cfg = doc["config"]
+    for n, r in doc["runs"].items():
+        assert r["final_eval_loss"] is not None and 0 < r["final_eval_loss"] < 6, n
+        assert r["tokens"] == cfg["steps"] * cfg["batch_size"] * cfg["seq_len"]
+        assert len(r["final_layers"]) == cfg["n_layer"]
+        assert all(0.0 <= la["zero_fraction"] <= 1.0 for la in r["final_layers"])
+    # the runs really differ where they should: dense never sparse, no_warmup sparse from step 0
+    assert doc["runs"]["dense_s0"]["ms_per_step_sparse"] is None
+    assert doc["runs"]["no_warmup"]["ms_per_step_dense"] is None
+    assert doc["runs"]["no_warmup"]["stats"][0]["sparse"]
+    assert not doc["runs"]["default_s0"]["stats"][0]["sparse"] and doc["runs"]["default_s0"]["stats"][-1]["sparse"]
+    assert doc["runs"]["dense_s0"]["final_eval_loss"] != doc["runs"]["dense_s1"]["final_eval_loss"]  # seeds matter
+    s = doc["summary"]
+    assert s["ratio_to_dense"]["dense_s0"] == pytest.approx(doc["runs"]["dense_s0"]["final_eval_loss"] / s["dense_mean"])
+    # --table renders the same table from the JSON
+    study.main(["--table", str(out / "study.json")])
+    assert capsys.readouterr().out == md
+
+
+def test_run_subset_and_bad_names(tmp_path):
+    doc = study.main(["--config", "micro", "--out", str(tmp_path), "--runs", "dense_s0,ste", "--steps", "4"])
+    assert list(doc["runs"]) == ["dense_s0", "ste"]
+    with pytest.raises(SystemExit):
+        study.parse_args(["--runs", "dense_s0,nope"])
+    with pytest.raises(SystemExit):
+        study.parse_args(["--steps", "4", "--warmup", "4"])
+
+
+# ---- the public options of relu2_ffn the ablations need --------------------------------------------
+
+def _inputs(T=64, d=16, F=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(T, d, generator=g).requires_grad_()
+    w1 = (torch.randn(F, d, generator=g) * 0.3).requires_grad_()
+    w2 = (torch.randn(d, F, generator=g) * 0.2).requires_grad_()
+    return x, w1, w2, torch.randn(T, d, generator=g)
+
+
+def _oracle(x, w1, w2, gy, mask_gradient: bool):
+    """Autograd of the 2:4 forward with the mask fixed: masked gradient ("24sparse"), or the
+    forward masked and the gradient passed straight through ("ste")."""
+    y2 = torch.relu(x @ w1.t()).square()
+    m = reference.select_mask(y2.detach(), "largest")
+    y2m = y2 * m if mask_gradient else y2 + (y2 * m - y2).detach()
+    out = y2m @ w2.t()
+    return (out, *torch.autograd.grad(out, (x, w1, w2), gy))
+
+
+@pytest.mark.parametrize("gradient,sparse_backward", [("24sparse", False), ("ste", False), ("ste", True)])
+def test_backward_options_match_autograd_oracle(gradient, sparse_backward):
+    # dense_fraction=1 and no permutation: every weight-gradient GEMM dense, so the result is exact
+    x, w1, w2, gy = _inputs()
+    out = sp24.relu2_ffn(x, w1, w2, gradient=gradient, sparse_backward=sparse_backward, permute_tokens=False,
+                         dense_fraction=1.0 if sparse_backward else 0.05)
+    got = (out, *torch.autograd.grad(out, (x, w1, w2), gy))
+    want = _oracle(x, w1, w2, gy, mask_gradient=gradient == "24sparse")
+    for name, a, b in zip(("out", "dx", "dw1", "dw2"), got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_options_change_the_gradients_and_not_the_forward():
+    x, w1, w2, gy = _inputs(T=256, F=128)
+    base = sp24.relu2_ffn(x, w1, w2)
+    gb = torch.autograd.grad(base, (x, w1, w2), gy)
+    for kw in ({"gradient": "ste"}, {"sparse_backward": False}):
+        out = sp24.relu2_ffn(x, w1, w2, **kw)
+        assert torch.equal(out, base), kw
+        g = torch.autograd.grad(out, (x, w1, w2), gy)
+        assert not torch.equal(g[1], gb[1]), kw  # dW1 differs: the option does something
+    # straight-through: dX differs (the dropped positions now pass a gradient)
+    g = torch.autograd.grad(sp24.relu2_ffn(x, w1, w2, gradient="ste"), (x, w1, w2), gy)
+    assert not torch.allclose(g[0], gb[0])
+
+
+def test_bad_gradient_option():
+    x, w1, w2, _ = _inputs()
+    with pytest.raises(ValueError, match=r"sp24.relu2_ffn: gradient must be '24sparse'.*got 'nope'"):
+        sp24.relu2_ffn(x, w1, w2, gradient="nope")
+    with pytest.raises(ValueError, match=r"gradient must be '24sparse'"):
+        sp24.relu2_ffn(x, w1, w2, sparse=False, gradient="STE")  # checked in dense mode too
+    with pytest.raises(TypeError, match=r"sp24.relu2_ffn: sparse_backward must be a bool \(True or False\), got 'no'"):
+        sp24.relu2_ffn(x, w1, w2, sparse_backward="no")
+
+
+def test_module_passes_the_options():
+    torch.manual_seed(0)
+    m = sp24.nn.ReLU2FFN(16, 64, sparse=True)
+    x = torch.randn(64, 16)
+    m.gradient, m.sparse_backward = "ste", False
+    m(x).square().sum().backward()
+    got = m.w1.weight.grad.clone()
+    m.zero_grad()
+    want = torch.autograd.grad(sp24.relu2_ffn(x, m.w1.weight, m.w2.weight, gradient="ste", sparse_backward=False)
+                               .square().sum(), m.w1.weight)[0]
+    assert torch.equal(got, want)
+
+
+def test_cpu_pack_indices_every_byte():
+    # the CPU fast path of pack_indices / unpack_indices (int32 product, table) on all 256 patterns,
+    # against the definition: byte = i0 | i1 << 2 | i2 << 4 | i3 << 6
+    b = torch.arange(256)
+    idx = torch.stack([b & 3, (b >> 2) & 3, (b >> 4) & 3, b >> 6], dim=1).to(torch.uint8).reshape(8, 128)
+    packed = sp24.tensor.pack_indices(idx)
+    assert torch.equal(packed.reshape(-1), b.to(torch.uint8))
+    assert torch.equal(sp24.tensor.unpack_indices(packed), idx)
+
+
+def test_bench_cpu_ffn_prints_the_ratio(tmp_path, capsys):
+    from sp24.bench.cli import main as bench_main
+
+    assert bench_main(["cpu-ffn", "--shapes", "64:16:64,32:8:32", "--reps", "2", "--warmup", "0",
+                       "--out", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / "cpu_ffn.json").read_text())
+    assert [(r["T"], r["d"], r["F"]) for r in doc["rows"]] == [(64, 16, 64), (32, 8, 32)]
+    for r in doc["rows"]:
+        assert len(r["dense_runs_ms"]) == len(r["sparse_runs_ms"]) == 2
+        assert r["ratio"] == pytest.approx(r["sparse_ms"] / r["dense_ms"])
+    assert "| 64, 16, 64 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="multiples of 8"):
+        bench_main(["cpu-ffn", "--shapes", "64:12:64", "--out", str(tmp_path)])
