@@ -48,6 +48,7 @@ import torch.nn.functional as F_
 from torch import Tensor
 
 from . import _checks, _fallback
+from .autograd import relu2_grad
 from .tensor import pack_indices, unpack_indices
 from ._fallback import fallback  # noqa: F401  (public: sp24.ffn.fallback(False))
 
@@ -290,7 +291,7 @@ def _ste_backward(ctx, dy2, y1, x2d, w1, perm, inv_perm, dense_cols, sparse_cols
     (the sparse features 2:4 along the tokens of the dense dY1) or dense with sparse_backward=False."""
     need_x, need_w1, _, need_b1, _ = ctx.needs_input_grad[:5]
     dx = dw1 = db1 = None
-    dy1 = (dy2.float() * (2.0 * torch.relu(y1.float()))).to(dy2.dtype)   # padded rows: dY2 = 0 there
+    dy1 = relu2_grad(dy2, y1)   # fp32, one rounding, the canonical NaN; padded rows: dY2 = 0 there
     if need_x:
         dxp = (dy1 @ w1)[:T]
         dx = dxp if perm is None else dxp.index_select(0, inv_perm)
