@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "sp24/cslt_alg.h"
 #include "sp24/cslt_identity.h"
 #include "sp24/cslt_layout.h"
 #include "sp24/grid.h"
@@ -101,6 +102,12 @@ PYBIND11_MODULE(_C, m) {
     }
     return py::bytes(meta);
   }, py::arg("indices"), py::arg("M"), py::arg("K"));
+  // The attributes sp24 writes back after a cuSPARSELt search (sp24/cslt_alg.h), as a tuple
+  // (id, split_k, split_k_mode, split_k_buffers); -1 = cuSPARSELt's default.
+  m.def("cslt_normalize_alg", [](int id, int split_k, int mode, int buffers) {
+    const sp24::CsltAlg n = sp24::normalize_cslt_alg({id, split_k, mode, buffers});
+    return py::make_tuple(n.id, n.split_k, n.split_k_mode, n.split_k_buffers);
+  }, py::arg("id"), py::arg("split_k"), py::arg("split_k_mode"), py::arg("split_k_buffers"));
   // The 8 identity words of a GEMM-ready buffer made on `device_type` ("cpu" or "cuda") with
   // device index `device_index`, for a 2:4 (m, k) operand of `dtype` ("float16" / "bfloat16").
   m.def("cslt_identity", [](const std::string& device_type, int device_index, int64_t m, int64_t k,

@@ -212,68 +212,27 @@ at::Tensor sparse24_to_dense(const at::Tensor& values, const at::Tensor& indices
   return out;
 }
 
-// Strict fp32 for the duration of a GEMM: torch's flags may otherwise run an fp32 matmul in TF32
-// (torch.backends.cuda.matmul.allow_tf32, torch.set_float32_matmul_precision("high"/"medium")) or,
-// on CPU, through oneDNN in bf16/tf32 (torch.backends.mkldnn.matmul.fp32_precision, which
-// "medium" also sets). TF32 is switched off by at::NoTF32Guard (thread-local); the float32
-// precisions of the CUDA and oneDNN matmul backends have no thread-local switch, so the first guard
-// to enter sets them to IEEE process-wide and the last to leave restores them. Another thread's
-// fp32 matmul meanwhile runs at IEEE precision: more exact, never less.
-class StrictFp32Guard {
- public:
-  StrictFp32Guard() {
-    std::lock_guard<std::mutex> lock(mu());
-    if (depth()++ == 0) {
-      auto& ctx = at::globalContext();
-      for (int i = 0; i < 2; ++i) {
-        saved()[i] = ctx.float32Precision(backends()[i], at::Float32Op::MATMUL);
-        if (saved()[i] != at::Float32Precision::IEEE) ctx.setFloat32Precision(backends()[i], at::Float32Op::MATMUL, at::Float32Precision::IEEE);
-      }
-    }
-  }
-  ~StrictFp32Guard() {
-    std::lock_guard<std::mutex> lock(mu());
-    if (--depth() == 0) {
-      auto& ctx = at::globalContext();
-      for (int i = 0; i < 2; ++i) {
-        if (ctx.float32Precision(backends()[i], at::Float32Op::MATMUL) != saved()[i]) {
-          ctx.setFloat32Precision(backends()[i], at::Float32Op::MATMUL, saved()[i]);
-        }
-      }
-    }
-  }
-  StrictFp32Guard(const StrictFp32Guard&) = delete;
-  StrictFp32Guard& operator=(const StrictFp32Guard&) = delete;
-
- private:
-  at::NoTF32Guard no_tf32_;
-  static std::mutex& mu() {
-    static std::mutex m;
-    return m;
-  }
-  static int& depth() {
-    static int d = 0;
-    return d;
-  }
-  static at::Float32Precision* saved() {
-    static at::Float32Precision s[2] = {at::Float32Precision::IEEE, at::Float32Precision::IEEE};
-    return s;
-  }
-  static const at::Float32Backend* backends() {
-    static const at::Float32Backend b[2] = {at::Float32Backend::CUDA, at::Float32Backend::MKLDNN};
-    return b;
-  }
-};
-
 // fp32 GEMM on a decompressed operand, bias added before one rounding to out_dtype: the numerics
 // of every sp24 GEMM, used by the CPU path and by the CUDA dense fallback. The operands are widened
-// to fp32 (so the reduced-precision-reduction flags of 16-bit GEMMs do not apply) and the fp32
-// matmul runs under StrictFp32Guard (so the TF32 / oneDNN precision flags do not apply either).
+// to fp32, so the reduced-precision-reduction flags of 16-bit GEMMs do not apply. torch's fp32
+// matmul flags must not apply either, and no global flag may be touched to get there (found in
+// review: switching them process-wide made another thread's reads of torch.backends.cuda.matmul
+// raise "mix of the legacy and new APIs" while a state was half-written):
+// - TF32 (CUDA) is switched off for this thread by at::NoTF32Guard, which cuBLAS's handle set-up
+//   checks before torch's TF32 flags;
+// - on CPU, a reduced oneDNN fp32 precision (torch.backends.mkldnn.matmul.fp32_precision "bf16" /
+//   "tf32", which set_float32_matmul_precision("medium") also sets) has no thread-local switch, so
+//   the product is then accumulated in fp64 instead (exact products, a more exact sum, one rounding
+//   to fp32): never less exact than fp32 accumulation, never bf16. With IEEE precision (torch's
+//   default) it is the plain fp32 GEMM.
 at::Tensor mm_fp32(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& bias,
                    at::ScalarType odt) {
   at::Tensor out;
-  {
-    StrictFp32Guard strict;
+  if (a.is_cpu() && at::globalContext().float32Precision(at::Float32Backend::MKLDNN, at::Float32Op::MATMUL) !=
+                        at::Float32Precision::IEEE) {
+    out = at::mm(a.to(at::kDouble), b.to(at::kDouble)).to(at::kFloat);
+  } else {
+    at::NoTF32Guard no_tf32;
     out = at::mm(a.to(at::kFloat), b.to(at::kFloat));
   }
   if (bias.has_value()) out.add_(bias->to(at::kFloat));

@@ -1,6 +1,7 @@
 // cuSPARSELt wrapper (see cslt.h for the design).
 #include "cusparselt/cslt.h"
 #include "cusparselt/version.h"
+#include "sp24/cslt_alg.h"
 #include "sp24/cslt_layout.h"
 #include "sp24/params.h"
 
@@ -322,6 +323,11 @@ AlgChoice run_search(const char* op, cusparseLtHandle_t* h, const PlanKey& key, 
                                                 sizeof(int)));
   TORCH_CHECK(c.id >= 0 && c.id < max_id, op, ": cusparseLtMatmulSearch chose algorithm id ", c.id,
               ", outside [0, CONFIG_MAX_ID = ", max_id, ")");
+  // only the attributes that are valid to write back (sp24/cslt_alg.h)
+  const CsltAlg n = normalize_cslt_alg({c.id, c.split_k, c.split_k_mode, c.split_k_buffers});
+  c.split_k = n.split_k;
+  c.split_k_mode = n.split_k_mode;
+  c.split_k_buffers = n.split_k_buffers;
   return c;
 }
 

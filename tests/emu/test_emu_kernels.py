@@ -3,9 +3,9 @@ csrc/emu/cuda_emu.h with ASan + UBSan, run bit for bit against the CPU kernels (
 CPU) and sp24.reference. Run it with `bash scripts/dev.sh emu` (scripts/emu.sh builds the library and
 runs this folder with the sanitizer runtime preloaded); a sanitizer report aborts the run.
 
-Comparisons are exact on the bits, NaN included. Outputs of arithmetic (relu2 and its backward)
-are compared with the CPU kernel's bits; the oracle is checked there for NaN positions only (its
-NaN bits are torch's). Selected NaNs keep their bits everywhere.
+Comparisons are exact on the bits, NaN included, against the CPU kernels and the oracle alike: a NaN
+made by arithmetic (relu2 and its backward) is the canonical NaN of its dtype everywhere
+(sp24.reference.NAN_BITS); a selected NaN keeps its bits.
 """
 
 from __future__ import annotations
@@ -124,57 +124,19 @@ def _first(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor, n: int = 5) -> 
     return "; ".join(f"{tuple(p)}: got {fmt(ab[tuple(p)])} want {fmt(bb[tuple(p)])}" for p in pos)
 
 
-def _cpu_nan_probe(dtype):
-    """(CPU bits, emulated bits) of relu2(NaN) when they differ in the one known way: the CPU kernel
-    still converts with c10 (fp16 0x7E00 / 0xFE00, bf16 0x7FC0) and the emulated GPU writes the
-    hardware's 0x7FFF. issue #9 part 4 makes every backend write one canonical NaN; once merged the
-    probe finds no difference and every NaN bit is compared."""
-    x = bits_tensor([0x7FC00000 if dtype == torch.float32 else SPECIAL_BITS[dtype][0]] * 4, dtype).view(1, 4)
-    c = int(_bits(ops.sparsify24(x, "largest", "relu2", False)[0])[0, 0])
-    e = int(_bits(emu.sparsify24(x, "largest", True, False)[0])[0, 0])
-    c10 = {torch.float16: {0x7E00, _signed(0xFE00, 16)}, torch.bfloat16: {0x7FC0}}.get(dtype, set())
-    return (c10, _signed(0x7FFF, 16)) if c != e and c in c10 and e == _signed(0x7FFF, 16) else None
-
-
-PRE_FIX_NAN = {dt: _cpu_nan_probe(dt) for dt in DTYPES}
-PRE_FIX_SEEN = {"n": 0}
-
-
-def same(what: str, got: torch.Tensor, want: torch.Tensor, arith: bool = False) -> None:
-    """Bit-exact equality. arith: an arithmetic output (relu2 and its backward) -- exact too, except
-    the one documented pre-fix NaN difference (see _cpu_nan_probe), which is counted and xfailed."""
+def same(what: str, got: torch.Tensor, want: torch.Tensor) -> None:
+    """Bit-exact equality, NaN bits included: a NaN made by arithmetic (relu2 and its backward) is the
+    canonical NaN of its dtype on every backend and in the oracle; a selected NaN keeps its bits."""
     assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
     assert got.dtype == want.dtype, f"{what}: dtype {got.dtype} != {want.dtype}"
-    gb, wb = _bits(got), _bits(want)
-    diff = gb != wb
-    if not bool(diff.any()):
-        return
-    if arith and got.is_floating_point() and PRE_FIX_NAN[got.dtype] is not None:
-        c10, hw = PRE_FIX_NAN[got.dtype]
-        known = got.isnan() & want.isnan() & (gb == hw) & torch.isin(wb, torch.tensor(sorted(c10), dtype=wb.dtype))
-        rest = diff & ~known
-        if not bool(rest.any()):
-            PRE_FIX_SEEN["n"] += int(known.sum())
-            return
-        diff = rest
-    raise AssertionError(f"{what}: {int(diff.sum())} of {diff.numel()} elements differ in their bits: "
-                         f"{_first(diff, got, want)}")
-
-
-def same_but_nan_bits(what: str, got: torch.Tensor, want: torch.Tensor) -> None:
-    """Against the oracle for arithmetic outputs: NaN at the same positions, all other bits equal."""
-    gn, wn = got.isnan(), want.isnan()
-    assert torch.equal(gn, wn), f"{what}: NaN positions differ: {_first(gn != wn, got, want)}"
-    diff = (_bits(got) != _bits(want)) & ~gn
-    assert not bool(diff.any()), f"{what}: {int(diff.sum())} elements differ: {_first(diff, got, want)}"
+    diff = _bits(got) != _bits(want)
+    if bool(diff.any()):
+        raise AssertionError(f"{what}: {int(diff.sum())} of {diff.numel()} elements differ in their bits: "
+                             f"{_first(diff, got, want)}")
 
 
 def done() -> None:
     CASES["n"] += 1
-    if PRE_FIX_SEEN["n"]:
-        n, PRE_FIX_SEEN["n"] = PRE_FIX_SEEN["n"], 0
-        pytest.xfail(f"{n} arithmetic NaNs: CPU kernel writes c10 NaN bits, emulated GPU 0x7FFF; all other bits equal "
-                     "(issue #9 part 4 makes one canonical NaN per dtype)")
 
 
 # ---- the emulator itself --------------------------------------------------------------------
@@ -302,11 +264,11 @@ def test_sparsify24_rows(dtype, M, K, layout):
         act = "relu2" if relu2 else None
         cv, ci, cc = ops.sparsify24(x, algo, act, with_counts)
         same(what + ": indices vs CPU", i, ci)
-        same(what + ": values vs CPU", v, cv, arith=relu2)
+        same(what + ": values vs CPU", v, cv)
         same(what + ": counts vs CPU", c, cc)
         rv, ri, rc = ref.sparsify24(x, algo, act, with_counts)
         same(what + ": indices vs oracle", i, ri)
-        (same_but_nan_bits if relu2 else same)(what + ": values vs oracle", v, rv)
+        same(what + ": values vs oracle", v, rv)
         same(what + ": counts vs oracle", c, rc)
         done()
 
@@ -322,7 +284,7 @@ def test_cslt_writers(dtype, M, K):
     what = f"cslt {dtype} ({M}, {K}) {kind} algo={algo} relu2={relu2}"
     v, i, c, meta = emu.sparsify24(x, algo, relu2, True, cslt=True)  # the fused writer (row kernel)
     cv, ci, cc = ops.sparsify24(x, algo, "relu2" if relu2 else None, True)
-    same(what + ": fused values vs CPU", v, cv, arith=relu2)
+    same(what + ": fused values vs CPU", v, cv)
     same(what + ": fused indices vs CPU", i, ci)
     same(what + ": fused counts vs CPU", c, cc)
     nv = M * K // 2 * x.element_size()
@@ -443,9 +405,9 @@ def test_apply(dtype, M, K, layout):
         if backward:
             v = emu.apply(x, idx, y2)
             cv = ops.sparse24_apply_relu2_backward(x, y2, idx)
-            same(what + ": values vs CPU", v, cv, arith=True)
+            same(what + ": values vs CPU", v, cv)
             if not garbage:
-                same_but_nan_bits(what + ": values vs oracle", v, ref.apply_relu2_backward(x, y2, idx))
+                same(what + ": values vs oracle", v, ref.apply_relu2_backward(x, y2, idx))
         else:
             v = emu.apply(x, idx)
             same(what + ": values vs CPU", v, ops.sparse24_apply(x, idx))
