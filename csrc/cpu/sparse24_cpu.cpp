@@ -14,6 +14,11 @@
 #include <type_traits>
 #include <vector>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#include <xmmintrin.h>
+#endif
+
 #include "sp24/params.h"
 #include "sp24/select.h"
 
@@ -90,6 +95,68 @@ inline void select_and_store(const T (&a)[4], int algo, T* v, uint8_t* idx) {
   idx[1] = hi;
 }
 
+// fp32 runs of groups (a row of sparsify24, a column run of the transposed split), four groups at
+// a time in SSE2 (baseline x86-64) with exactly select_mask's rule: four groups transposed so that
+// each register holds one position of the four groups, the ranks from the same comparisons (ordered,
+// NaN-free), the kept pair as lane masks, the values copied bit for bit by blends. A chunk with a
+// NaN, the tail and other targets take select_and_store group by group. n: a multiple of 4.
+inline void select_run_f32(const float* x, int64_t n, int algo, float* v, uint8_t* idx) {
+  int64_t t = 0;
+#if defined(__SSE2__)
+  const __m128 absmask = _mm_castsi128_ps(_mm_set1_epi32(0x7FFFFFFF));
+  const __m128i minus2 = _mm_set1_epi32(-2);
+  for (; t + 16 <= n; t += 16) {
+    __m128 b0 = _mm_loadu_ps(x + t), b1 = _mm_loadu_ps(x + t + 4), b2 = _mm_loadu_ps(x + t + 8),
+           b3 = _mm_loadu_ps(x + t + 12);
+    _MM_TRANSPOSE4_PS(b0, b1, b2, b3);  // bq: position q of the four groups
+    const __m128 unord = _mm_or_ps(_mm_or_ps(_mm_cmpunord_ps(b0, b0), _mm_cmpunord_ps(b1, b1)),
+                                   _mm_or_ps(_mm_cmpunord_ps(b2, b2), _mm_cmpunord_ps(b3, b3)));
+    if (_mm_movemask_ps(unord)) {
+      for (int64_t u = t; u < t + 16; u += 4) {
+        const float a[4] = {x[u], x[u + 1], x[u + 2], x[u + 3]};
+        select_and_store(a, algo, v + u / 2, idx + u / 2);
+      }
+      continue;
+    }
+    __m128 a0 = b0, a1 = b1, a2 = b2, a3 = b3;
+    if (algo == kLargestAbs) {
+      a0 = _mm_and_ps(a0, absmask);
+      a1 = _mm_and_ps(a1, absmask);
+      a2 = _mm_and_ps(a2, absmask);
+      a3 = _mm_and_ps(a3, absmask);
+    }
+    auto I = [](__m128 m) { return _mm_castps_si128(m); };
+    // -(rank): the sum of three all-ones masks; kept iff rank < 2, i.e. -(rank) > -2
+    const __m128i r0 = _mm_add_epi32(_mm_add_epi32(I(_mm_cmpgt_ps(a1, a0)), I(_mm_cmpgt_ps(a2, a0))), I(_mm_cmpgt_ps(a3, a0)));
+    const __m128i r1 = _mm_add_epi32(_mm_add_epi32(I(_mm_cmpge_ps(a0, a1)), I(_mm_cmpgt_ps(a2, a1))), I(_mm_cmpgt_ps(a3, a1)));
+    const __m128i r2 = _mm_add_epi32(_mm_add_epi32(I(_mm_cmpge_ps(a0, a2)), I(_mm_cmpge_ps(a1, a2))), I(_mm_cmpgt_ps(a3, a2)));
+    const __m128i r3 = _mm_add_epi32(_mm_add_epi32(I(_mm_cmpge_ps(a0, a3)), I(_mm_cmpge_ps(a1, a3))), I(_mm_cmpge_ps(a2, a3)));
+    const __m128i k0 = _mm_cmpgt_epi32(r0, minus2), k1 = _mm_cmpgt_epi32(r1, minus2);
+    const __m128i k2 = _mm_cmpgt_epi32(r2, minus2), k3 = _mm_cmpgt_epi32(r3, minus2);
+    // exactly two positions are kept: lo the first, hi the last
+    const __m128i lo1 = _mm_andnot_si128(k0, k1), lo2 = _mm_andnot_si128(_mm_or_si128(k0, k1), _mm_set1_epi32(-1));
+    const __m128i hi2 = _mm_andnot_si128(k3, k2), hi1 = _mm_andnot_si128(_mm_or_si128(k3, k2), _mm_set1_epi32(-1));
+    const __m128i o0 = _mm_or_si128(_mm_or_si128(_mm_and_si128(I(b0), k0), _mm_and_si128(I(b1), lo1)),
+                                    _mm_and_si128(I(b2), lo2));
+    const __m128i o1 = _mm_or_si128(_mm_or_si128(_mm_and_si128(I(b3), k3), _mm_and_si128(I(b2), hi2)),
+                                    _mm_and_si128(I(b1), hi1));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(v + t / 2), _mm_unpacklo_epi32(o0, o1));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(v + t / 2 + 4), _mm_unpackhi_epi32(o0, o1));
+    const __m128i one = _mm_set1_epi32(1), two = _mm_set1_epi32(2), three = _mm_set1_epi32(3);
+    const __m128i lo = _mm_or_si128(_mm_and_si128(lo1, one), _mm_and_si128(lo2, two));
+    const __m128i hi = _mm_or_si128(_mm_or_si128(_mm_and_si128(hi1, one), _mm_and_si128(hi2, two)),
+                                    _mm_and_si128(k3, three));
+    const __m128i pair = _mm_or_si128(lo, _mm_slli_epi32(hi, 8));  // bytes lo, hi of each group
+    const __m128i p16 = _mm_packs_epi32(pair, pair);
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(idx + t / 2), p16);
+  }
+#endif
+  for (; t < n; t += 4) {
+    const float a[4] = {x[t], x[t + 1], x[t + 2], x[t + 3]};
+    select_and_store(a, algo, v + t / 2, idx + t / 2);
+  }
+}
+
 // sp24::relu2 (sp24/select.h) bit for bit, in integer operations that the compiler vectorises (GCC
 // keeps a data-dependent branch per element for any floating-point select form, measured): the
 // negative numbers -0.0 .. -inf (bits 0x80000000 .. 0xFF800000) become +0.0, everything else passes,
@@ -143,9 +210,13 @@ void sparsify24_rows_impl(const Sparsify24Params& p) {
       }
       T* vr = values + r * (K / 2);
       uint8_t* ir = indices + r * (K / 2);
-      for (int64_t g = 0; g < G; ++g) {
-        const T a[4] = {xr[4 * g], xr[4 * g + 1], xr[4 * g + 2], xr[4 * g + 3]};
-        select_and_store(a, algo, vr + 2 * g, ir + 2 * g);
+      if constexpr (std::is_same_v<T, float>) {
+        select_run_f32(xr, 4 * G, algo, vr, ir);
+      } else {
+        for (int64_t g = 0; g < G; ++g) {
+          const T a[4] = {xr[4 * g], xr[4 * g + 1], xr[4 * g + 2], xr[4 * g + 3]};
+          select_and_store(a, algo, vr + 2 * g, ir + 2 * g);
+        }
       }
     }
   });
@@ -249,9 +320,13 @@ void transposed_split_rows(const TransposedSplit24Params& p) {
         const T* col = buf.data() + p.sparse_cols[c] * kTokTile;
         T* vr = tvalues + c * (p.T / 2) + t0 / 2;
         uint8_t* ir = p.tindices + c * (p.T / 2) + t0 / 2;
-        for (int64_t t = 0; t < n; t += 4) {
-          const T a[4] = {col[t], col[t + 1], col[t + 2], col[t + 3]};
-          select_and_store(a, p.algo, vr + t / 2, ir + t / 2);
+        if constexpr (std::is_same_v<T, float>) {
+          select_run_f32(col, n, p.algo, vr, ir);
+        } else {
+          for (int64_t t = 0; t < n; t += 4) {
+            const T a[4] = {col[t], col[t + 1], col[t + 2], col[t + 3]};
+            select_and_store(a, p.algo, vr + t / 2, ir + t / 2);
+          }
         }
       }
       for (int64_t c = 0; c < p.Cd; ++c) {
