@@ -208,6 +208,21 @@ def evaluate(model: GPT, data: torch.Tensor, cfg: Config, device) -> float:
     return sum(losses) / len(losses)
 
 
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               device: torch.device) -> tuple[float, float]:
+    # one optimizer step (cross-entropy, grad-norm clip at 1.0), timed between device syncs:
+    # (training loss, ms); shared with sp24.study so both train the same way
+    _sync(device)
+    t0 = time.perf_counter()
+    loss = F.cross_entropy(model(x).float().flatten(0, 1), y.flatten())
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    _sync(device)
+    return loss.item(), (time.perf_counter() - t0) * 1e3
+
+
 def train(mode: str, cfg: Config, train_data, eval_data, device: torch.device, seed: int) -> dict:
     """One run. mode "dense": never sparse; "sparse": sp24.nn.set_sparse(model, True) at cfg.warmup."""
     import sp24.nn as spnn
@@ -239,18 +254,7 @@ def train(mode: str, cfg: Config, train_data, eval_data, device: torch.device, s
             group["lr"] = lr_at(step, cfg)
         starts = torch.randint(0, train_data.numel() - cfg.seq_len - 1, (cfg.batch_size,), generator=gen)
         x, y = get_batch(train_data, starts, cfg.seq_len, device)
-
-        _sync(device)
-        t0 = time.perf_counter()
-        loss = F.cross_entropy(model(x).float().flatten(0, 1), y.flatten())
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        _sync(device)
-        ms = (time.perf_counter() - t0) * 1e3
-
-        loss_v = loss.item()
+        loss_v, ms = train_step(model, opt, x, y, device)
         if not math.isfinite(loss_v):
             raise RuntimeError(f"sp24.demo: {mode} run: the training loss is {loss_v} at step {step}")
         res["train_loss"].append([step, loss_v])
@@ -295,6 +299,19 @@ def _smooth(values: list, k: int) -> list:
 RUN_LABELS = {"dense": "dense run", "sparse": "2:4 run"}
 
 
+def _pyplot(prog: str):
+    # matplotlib.pyplot on the file-only Agg backend, or None (said on stderr) without matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"{prog}: matplotlib is not installed (pip install matplotlib): no plot written", file=sys.stderr)
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def plot(summary: dict, path: Path) -> bool:
     """Draw the demo's figure (curves.png) from a summary.
 
@@ -317,13 +334,9 @@ def plot(summary: dict, path: Path) -> bool:
         >>> plot(s, Path("/tmp/sp24_demo/again.png"))  # doctest: +SKIP
         True
     """
-    try:
-        import matplotlib
-    except ImportError:
-        print("sp24.demo: matplotlib is not installed (pip install matplotlib): no plot written", file=sys.stderr)
+    plt = _pyplot("sp24.demo")
+    if plt is None:
         return False
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
     runs, warmup = summary["runs"], summary["config"]["warmup"]

@@ -43,7 +43,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from . import demo
 from .demo import Config
@@ -131,16 +130,7 @@ def train_run(run: Run, cfg: Config, train_data, eval_data, device: torch.device
             group["lr"] = demo.lr_at(step, cfg)
         starts = torch.randint(0, train_data.numel() - cfg.seq_len - 1, (cfg.batch_size,), generator=gen)
         x, y = demo.get_batch(train_data, starts, cfg.seq_len, device)
-        demo._sync(device)
-        t0 = time.perf_counter()
-        loss = F.cross_entropy(model(x).float().flatten(0, 1), y.flatten())
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        demo._sync(device)
-        ms = (time.perf_counter() - t0) * 1e3
-        loss_v = loss.item()
+        loss_v, ms = demo.train_step(model, opt, x, y, device)
         sparse_now = bool(ffns[0].sparse)
         res["train_loss"].append([step, loss_v if math.isfinite(loss_v) else None])
         if track:  # stats steps pay for the statistics: keep them out of the timing
@@ -236,13 +226,9 @@ def table(doc: dict) -> str:
 def plot(doc: dict, path: Path) -> bool:
     """study.png: (a) eval loss of every run; (b) each run minus the dense run of its seed, with the
     seed band; (c) mean zero fraction over the layers; (d) final eval loss ratio to the dense mean."""
-    try:
-        import matplotlib
-    except ImportError:
-        print("sp24.study: matplotlib is not installed (pip install matplotlib): no plot written", file=sys.stderr)
+    plt = demo._pyplot("sp24.study")
+    if plt is None:
         return False
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     runs, warmup = doc["runs"], doc["config"]["warmup"]
     cmap = plt.get_cmap("tab10")
