@@ -223,13 +223,17 @@ at::Tensor sparse24_to_dense(const at::Tensor& values, const at::Tensor& indices
 // - on CPU, a reduced oneDNN fp32 precision (torch.backends.mkldnn.matmul.fp32_precision "bf16" /
 //   "tf32", which set_float32_matmul_precision("medium") also sets) has no thread-local switch, so
 //   the product is then accumulated in fp64 instead (exact products, a more exact sum, one rounding
-//   to fp32): never less exact than fp32 accumulation, never bf16. With IEEE precision (torch's
-//   default) it is the plain fp32 GEMM.
+//   to fp32): never less exact than fp32 accumulation, never bf16. With IEEE precision, or torch's
+//   default "none" (which resolves to IEEE), it is the plain fp32 GEMM.
 at::Tensor mm_fp32(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& bias,
                    at::ScalarType odt) {
   at::Tensor out;
-  if (a.is_cpu() && at::globalContext().float32Precision(at::Float32Backend::MKLDNN, at::Float32Op::MATMUL) !=
-                        at::Float32Precision::IEEE) {
+  // float32Precision resolves "none" (torch's default: inherit) through the backend and generic
+  // levels; only BF16 / TF32 are reduced. ("!= IEEE" took the fp64 path under the default "none",
+  // which doubled the CPU GEMM time and moved the bits off the plain fp32 GEMM's.)
+  const auto prec = a.is_cpu() ? at::globalContext().float32Precision(at::Float32Backend::MKLDNN, at::Float32Op::MATMUL)
+                               : at::Float32Precision::IEEE;
+  if (prec == at::Float32Precision::BF16 || prec == at::Float32Precision::TF32) {
     out = at::mm(a.to(at::kDouble), b.to(at::kDouble)).to(at::kFloat);
   } else {
     at::NoTF32Guard no_tf32;

@@ -252,6 +252,32 @@ def test_cpu_mm_ignores_precision_flags(loose_precision_flags, dtype, out_dtype,
         assert (got.double() - exact).abs().max() <= (strict.double() - exact).abs().max()
 
 
+def test_cpu_mm_under_default_flags_is_the_plain_fp32_gemm():
+    """torch's default fp32 precision is "none" (inherit, i.e. IEEE), not "ieee": the reduced-precision
+    branch of the dense path once tested "!= IEEE" and so summed every CPU GEMM in fp64 by default
+    (2x the GEMM time, other bits than the fp32 GEMM). Run in a fresh interpreter so no other
+    test's flag history (set_float32_matmul_precision turns "none" into "ieee") hides it."""
+    import subprocess
+    import sys
+    code = (
+        "import torch, sp24\n"
+        "from sp24 import reference\n"
+        "assert torch.backends.mkldnn.matmul.fp32_precision == 'none', torch.backends.mkldnn.matmul.fp32_precision\n"
+        "g = torch.Generator().manual_seed(5)\n"
+        "v, i, _ = torch.ops.sp24.sparsify24(torch.randn(64, 512, generator=g))\n"
+        "b = torch.randn(512, 96, generator=g)\n"
+        "bias = torch.randn(96, generator=g)\n"
+        "d = reference.to_dense(v, i)\n"
+        "got = torch.ops.sp24.sparse24_mm(v, i, b, None, None)\n"
+        "assert torch.equal(got, torch.mm(d, b)), 'not the plain fp32 GEMM'\n"
+        "assert not torch.equal(got, (d.double() @ b.double()).float()), 'the fp64 sum (inputs chosen to tell them apart)'\n"
+        "got = torch.ops.sp24.sparse24_mm(v, i, b, bias, None)\n"
+        "assert torch.equal(got, torch.mm(d, b).add_(bias)), 'bias'\n"
+        "print('ok')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr
+
+
 def test_precision_flags_stay_readable_from_another_thread_during_mm():
     """Found in review: the op used to switch torch's fp32 precision flags process-wide during the
     GEMM, and another thread reading torch.backends.cuda.matmul.allow_tf32 then raised ("mix of the
