@@ -54,6 +54,43 @@ def test_micro_study_writes_every_run(micro, capsys):
     assert capsys.readouterr().out == md
 
 
+def test_forked_runs_equal_runs_from_step_0(micro, tmp_path):
+    """The runs that switch 2:4 on at the warm-up step continue from the dense run of their seed (the
+    default): the same bits as training them from step 0 (--no-fork), record for record."""
+    _, forked = micro
+    scratch = study.main(["--config", "micro", "--out", str(tmp_path), "--threads", "1", "--no-fork"])
+    cfg = study.CONFIGS["micro"]
+    sharing = [r.name for r in study.runs_for(cfg) if study.shares_prefix(r, cfg)]
+    assert sharing == ["default_s0", "default_s1", "no_split", "no_permutation", "ste", "fwd_only"]
+    for name, r in forked["runs"].items():
+        assert (r.get("forked_from") is not None) == (name in sharing), name
+        assert "forked_from" not in scratch["runs"][name]
+        for key in ("train_loss", "eval_loss", "stats", "final_eval_loss"):
+            assert r[key] == scratch["runs"][name][key], (name, key)
+    assert forked["runs"]["ste"]["forked_from"] == {"run": "dense_s0", "step": cfg.warmup,
+                                                    "wall_s": forked["runs"]["ste"]["forked_from"]["wall_s"]}
+    assert forked["forked"] and not scratch["forked"] and not forked["partial"]
+    # a 2:4 run diverges from its dense prefix after the fork: the fork is not a copy of the dense run
+    assert forked["runs"]["default_s0"]["train_loss"] != forked["runs"]["dense_s0"]["train_loss"]
+    assert "Shared dense prefix" in study.table(forked) and "Shared dense prefix" not in study.table(scratch)
+
+
+def test_partial_json_after_each_run(tmp_path, monkeypatch):
+    """study.json is rewritten after every finished run ("partial": true), so a stopped study keeps them."""
+    seen = []
+    real = study._write
+
+    def spy(args, cfg, corpus, runs, t0, load_before, partial):
+        doc = real(args, cfg, corpus, runs, t0, load_before, partial)
+        on_disk = json.loads((tmp_path / "study.json").read_text())
+        seen.append((on_disk["partial"], list(on_disk["runs"])))
+        return doc
+
+    monkeypatch.setattr(study, "_write", spy)
+    study.main(["--config", "micro", "--out", str(tmp_path), "--runs", "dense_s0,ste", "--steps", "4"])
+    assert seen == [(True, ["dense_s0"]), (False, ["dense_s0", "ste"])]
+
+
 def test_run_subset_and_bad_names(tmp_path):
     doc = study.main(["--config", "micro", "--out", str(tmp_path), "--runs", "dense_s0,ste", "--steps", "4"])
     assert list(doc["runs"]) == ["dense_s0", "ste"]

@@ -177,13 +177,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _progress(iterable, desc: str):
+def _progress(iterable, desc: str, **kw):
     try:
         from tqdm import tqdm
     except ImportError:  # the GPU test machine has no network; say so rather than fail
         print(f"sp24.demo: tqdm is not installed (pip install tqdm): no progress bar for '{desc}'", file=sys.stderr)
         return iterable
-    return tqdm(iterable, desc=desc, dynamic_ncols=True, mininterval=1.0)
+    return tqdm(iterable, desc=desc, dynamic_ncols=True, mininterval=1.0, **kw)
 
 
 def lr_at(step: int, cfg: Config) -> float:

@@ -3,6 +3,7 @@
     python -m sp24.study                          # the CPU study (sized for <= 90 min on 2 idle cores)
     python -m sp24.study --config micro --out /tmp/s   # seconds (CI)
     python -m sp24.study --runs dense_s0,default_s0    # a subset of the runs
+    python -m sp24.study --no-fork                # every run from step 0 (see "Shared dense prefix" below)
     python -m sp24.study --table out/study_cpu/study.json   # print the markdown table of a finished study
     python -m sp24.study --out bench/results/study_cpu      # on purpose: rewrite the committed results
 
@@ -26,12 +27,20 @@ and token-wise (the weight gradients'), on a schedule of stats steps (`ReLU2FFN.
 out of the timing), ms per step (median, per phase), and the first stats step at which every layer's
 zero fraction reaches PAPER_SPARSITY. It writes study.json (plain JSON), study.png (loss curves; the
 difference to the dense mean with the dense seeds' band; sparsity; final losses) and study.md (the
-table for the README) to --out (default out/study_<config>, which git ignores).
+table for the README) to --out (default out/study_<config>, which git ignores); study.json is also
+written after every finished run, marked "partial", so a stopped study keeps what it finished.
+
+Shared dense prefix: a run that switches 2:4 on at the warm-up step trains its first `warmup` steps
+exactly as the dense run of its seed (a dense FFN ignores the 2:4 options; same weights, same
+batches). By default the study keeps the dense run's full state at that step (model, optimizer,
+batch generator, records) and continues those runs from it: the same bits as training them from
+step 0 (tests/test_study.py compares both), in less time. Their wall_s counts the shared prefix.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import math
@@ -106,8 +115,21 @@ def configure(model: torch.nn.Module, run: Run, sparse: bool) -> None:
             m.sparse_backward = run.sparse_backward
 
 
-def train_run(run: Run, cfg: Config, train_data, eval_data, device: torch.device) -> dict:
-    """One run of the study (sp24.demo's training loop with the run's FFN options)."""
+def shares_prefix(run: Run, cfg: Config) -> bool:
+    """Whether `run` trains its first cfg.warmup steps exactly as the dense run of its seed: a run that
+    switches 2:4 on at the warm-up step is dense until then, and a dense FFN ignores the 2:4 options,
+    with the same seed (initial weights, batches). The study then forks it from that dense run's state
+    at the warm-up step instead of recomputing the prefix (bit for bit the same; tested)."""
+    return run.sparse_from is not None and run.sparse_from == cfg.warmup and cfg.warmup > 0
+
+
+def train_run(run: Run, cfg: Config, train_data, eval_data, device: torch.device, *,
+              snapshot_at: int | None = None, fork: dict | None = None) -> dict:
+    """One run of the study (sp24.demo's training loop with the run's FFN options).
+
+    snapshot_at: also return, as res["_snapshot"], the full training state before step snapshot_at
+    (model, optimizer, batch generator, the records so far). fork: such a snapshot of a run with the
+    same seed and the same steps before it: the run continues from it instead of recomputing them."""
     torch.manual_seed(run.seed)
     model = demo.GPT(cfg).to(device=device, dtype=getattr(torch, cfg.dtype))
     ffns = [b.ffn for b in model.blocks]
@@ -118,9 +140,25 @@ def train_run(run: Run, cfg: Config, train_data, eval_data, device: torch.device
     gen = torch.Generator().manual_seed(run.seed)
     res = {"name": run.name, "run": dataclasses.asdict(run), "train_loss": [], "eval_loss": [], "stats": [],
            "step_ms": []}
-    configure(model, run, sparse=run.sparse_from == 0)
+    first, wall_before = 0, 0.0
+    if fork is not None:
+        model.load_state_dict(fork["model"])
+        opt.load_state_dict(copy.deepcopy(fork["opt"]))
+        gen.set_state(fork["gen"])
+        torch.set_rng_state(fork["rng"])
+        for key in ("train_loss", "eval_loss", "stats", "step_ms"):
+            res[key] = copy.deepcopy(fork["records"][key])
+        first, wall_before = fork["step"], fork["wall_s"]
+        res["forked_from"] = {"run": fork["run"], "step": first, "wall_s": wall_before}
+    configure(model, run, sparse=run.sparse_from is not None and first >= run.sparse_from)
     t_start = time.perf_counter()
-    for step in demo._progress(range(cfg.steps), desc=f"{run.name:>15}"):
+    for step in demo._progress(range(first, cfg.steps), desc=f"{run.name:>15}", initial=first, total=cfg.steps):
+        if step == snapshot_at:
+            res["_snapshot"] = {
+                "run": run.name, "step": step, "wall_s": time.perf_counter() - t_start,
+                "model": copy.deepcopy(model.state_dict()), "opt": copy.deepcopy(opt.state_dict()),
+                "gen": gen.get_state(), "rng": torch.get_rng_state(),
+                "records": copy.deepcopy({k: res[k] for k in ("train_loss", "eval_loss", "stats", "step_ms")})}
         if run.sparse_from is not None and step == run.sparse_from:
             configure(model, run, sparse=True)
         track = step % cfg.stats_every == 0 or step == cfg.steps - 1
@@ -144,7 +182,7 @@ def train_run(run: Run, cfg: Config, train_data, eval_data, device: torch.device
             res["eval_loss"].append([step + 1, demo.evaluate(model, eval_data, cfg, device)])
     for f in ffns:
         f.track_stats = False
-    res["wall_s"] = time.perf_counter() - t_start
+    res["wall_s"] = time.perf_counter() - t_start + wall_before  # a forked run counts its prefix's time
     res["n_params"] = sum(p.numel() for p in model.parameters())
     res["tokens"] = len(res["train_loss"]) * cfg.batch_size * cfg.seq_len
     res["final_eval_loss"] = res["eval_loss"][-1][1] if res["eval_loss"] and "diverged_at_step" not in res else None
@@ -218,6 +256,13 @@ def table(doc: dict) -> str:
                      f"({'within' if s['default_within_1pct'] else 'NOT within'} 1%"
                      + ("" if noise is None else f"; {'within' if noise else 'NOT within'} the dense seed spread")
                      + ").")
+    forked = sorted({(r["forked_from"]["run"], r["forked_from"]["step"]) for r in doc["runs"].values()
+                     if r.get("forked_from")})
+    if forked:
+        lines.append("Shared dense prefix: " + "; ".join(
+            f"the runs of {run}'s seed that switch 2:4 on at step {step} continue from {run}'s state there "
+            f"(their first {step} steps are {run}'s, bit for bit; their wall time counts them)"
+            for run, step in forked) + ".")
     lines.append(f"Ablations, best first: measured {', '.join(s['ablation_order_measured'])}; "
                  f"the paper's {', '.join(s['ablation_order_paper'])} (its losses 2.652, 2.682, 2.919, diverged).")
     return "\n".join(lines) + "\n"
@@ -305,6 +350,9 @@ def parse_args(argv=None):
     p.add_argument("--out", default=None, help="output folder (default out/study_<config>, which git ignores)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--threads", type=demo._positive("--threads"), default=None, help="CPU threads for torch")
+    p.add_argument("--no-fork", dest="fork", action="store_false",
+                   help="train every run from step 0 (default: runs that switch 2:4 on at the warm-up step continue "
+                        "from the dense run of their seed at that step; the same bits, tested)")
     p.add_argument("--table", default=None, metavar="STUDY_JSON", help="only print the markdown table of a study.json")
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -356,22 +404,47 @@ def _run(args, cfg: Config) -> dict:
           f"{os.getloadavg()[0]:.2f}", file=sys.stderr)
     t0 = time.perf_counter()
     load_before = os.getloadavg()[0]
-    runs = {}
+    args.commit = demo._commit()  # the code that ran: read at the start, not after a long study
+    runs: dict = {}
+    # The dense prefix of every run that switches 2:4 on at the warm-up step is the dense run of its
+    # seed (shares_prefix): with --fork (default) the dense run's state at that step is kept and those
+    # runs continue from it. Runs of a seed whose dense run is not asked for train from step 0.
+    seeds_forked = {r.seed for r in wanted if args.fork and shares_prefix(r, cfg)}
+    order = sorted(wanted, key=lambda r: r.sparse_from is not None)  # dense runs first (stable otherwise)
+    snapshots: dict = {}
     with fallback(False):
-        for r in wanted:
-            runs[r.name] = train_run(r, cfg, train_data, eval_data, args.device)
+        for r in order:
+            snap_at = cfg.warmup if r.sparse_from is None and r.seed in seeds_forked else None
+            fork = snapshots.get(r.seed) if args.fork and shares_prefix(r, cfg) else None
+            res = train_run(r, cfg, train_data, eval_data, args.device, snapshot_at=snap_at, fork=fork)
+            if "_snapshot" in res:
+                snapshots[r.seed] = res.pop("_snapshot")
+            runs[r.name] = res
+            if len(runs) < len(order):
+                _write(args, cfg, corpus, runs, t0, load_before, partial=True)
+    return _write(args, cfg, corpus, {r.name: runs[r.name] for r in wanted}, t0, load_before, partial=False)
+
+
+def _write(args, cfg: Config, corpus, runs: dict, t0: float, load_before: float, partial: bool) -> dict:
+    """study.json (after every run, "partial": true until the last, so a stopped study keeps what it
+    finished), and at the end the plot, study.md and the printed table."""
     doc = {
         "torch_version": torch.__version__, "python_version": platform.python_version(),
         "device": (torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else
                    f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"),
         "load_average_before": load_before, "load_average_after": os.getloadavg()[0],
-        "commit": demo._commit(), "command": " ".join(["python -m sp24.study", *args.argv]),
+        "commit": args.commit, "command": " ".join(["python -m sp24.study", *args.argv]),
         "config_name": args.config, "config": dataclasses.asdict(cfg), "paper_sparsity": PAPER_SPARSITY,
         "n_params": next(iter(runs.values()))["n_params"], "corpus": corpus, "wall_s": time.perf_counter() - t0,
         "runs": runs,
     }
+    doc["partial"] = partial
+    doc["forked"] = bool(args.fork)
     doc["summary"] = summarize(runs)
     doc = demo._clean(doc)
+    if partial:
+        (args.out / "study.json").write_text(json.dumps(doc, indent=1, allow_nan=False))
+        return doc
     doc["plot"] = "study.png" if plot(doc, args.out / "study.png") else None
     (args.out / "study.json").write_text(json.dumps(doc, indent=1, allow_nan=False))
     text = table(doc)
