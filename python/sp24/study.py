@@ -315,7 +315,7 @@ def plot(doc: dict, path: Path) -> bool:
         b.axhline(0.01 * dm, color="tab:red", lw=0.8, ls="--", label="+1% of the dense mean")
     b.axvline(warmup, color="gray", ls="--", lw=1)
     b.legend(fontsize=8)
-    b.set(title="(b) eval loss minus the dense run of the same seed (same weights at init, same batches)", xlabel="step",
+    b.set(title="(b) eval loss minus the dense run of its seed (same init, same batches)", xlabel="step",
           ylabel="loss difference (nats/byte)")
     for n, r in runs.items():
         if r["stats"]:
