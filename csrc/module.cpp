@@ -2,9 +2,12 @@
 // here; they are registered with TORCH_LIBRARY (schemas.cpp) and reached as torch.ops.sp24.*.
 // Keeping at::Tensor out of pybind signatures avoids torch/extension.h, libtorch_python and a
 // clash between pip's pybind11 and the copy torch bundles.
+#include <ATen/Parallel.h>
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
+#include <mutex>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -68,6 +71,17 @@ PYBIND11_MODULE(_C, m) {
 #endif
     return out;
   });
+  // How many of torch's intra-op threads an at::parallel_for over n items runs on, as the CPU kernels
+  // use it: 1 if the extension were built without OpenMP (tests/test_cpu_threads.py).
+  m.def("parallel_threads_seen", [](int64_t n) {
+    std::mutex mu;
+    std::set<int> seen;
+    at::parallel_for(0, n, 1, [&](int64_t, int64_t) {
+      std::lock_guard<std::mutex> lock(mu);
+      seen.insert(at::get_thread_num());
+    });
+    return static_cast<int64_t>(seen.size());
+  }, py::arg("n"));
   // The CUDA launchers' grids and shared tile layout (sp24/grid.h), plain host code: the shape limits
   // and the bank conflicts are tested without a GPU (tests/test_grid_limits.py).
   m.def("launch_grid", [](const std::string& kernel, int64_t rows, int64_t cols) {

@@ -40,6 +40,14 @@ constexpr int64_t kGrain = 64;
 // is 256 KiB of fp32 at F = 2048, and each output row then receives one 64-byte line per tile.
 constexpr int64_t kTokTile = 32;
 
+// The transposed split's tile: at least kTokTile tokens, more (up to 256, a multiple of 4) while the
+// F x tile buffer stays within kSplitTileBytes, so at small F each output row gets longer runs.
+constexpr int64_t kSplitTileBytes = 128 * 1024;
+inline int64_t split_tile_tokens(int64_t F, int64_t elem_bytes) {
+  const int64_t fit = F > 0 ? kSplitTileBytes / (F * elem_bytes) : kTokTile;
+  return std::max(kTokTile, std::min<int64_t>(256, fit / 4 * 4));
+}
+
 // select_2of4 (sp24/select.h), with the common NaN-free case branch-free: position i is kept iff fewer
 // than two positions rank above it, where j ranks above i iff k[j] > k[i], or k[j] == k[i] and j < i.
 inline uint32_t select_mask(float a0, float a1, float a2, float a3, int algo) {
@@ -259,22 +267,31 @@ void sparsify24_transposed_rows(const Sparsify24TransposedParams& p) {
   });
 }
 
-template <typename T>
-void apply24_rows(const Apply24Params& p) {
+// Row by row, a group (two kept slots) at a time, from locals: the T stores could otherwise alias the
+// params and reload them in the inner loop. `& 3` keeps a corrupted index inside its group: never a
+// read outside x.
+template <typename T, bool kRelu2Backward>
+void apply24_rows_impl(const Apply24Params& p) {
   const T* x = static_cast<const T*>(p.x);
   const T* y2 = static_cast<const T*>(p.y2_values);
   T* values = static_cast<T*>(p.values);
-  const int64_t H = p.K / 2;
+  const uint8_t* indices = p.indices;
+  const int64_t H = p.K / 2, stride = p.x_row_stride;
   at::parallel_for(0, p.M, kGrain, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      const T* xr = x + r * p.x_row_stride;
-      for (int64_t h = 0; h < H; ++h) {
-        // `& 3` keeps a corrupted index inside its group: never a read outside x.
-        const int64_t col = 4 * (h / 2) + (p.indices[r * H + h] & 3);
-        if (p.relu2_backward) {
-          values[r * H + h] = round_to<T>(relu2_backward(static_cast<float>(xr[col]), static_cast<float>(y2[r * H + h])));
+      const T* xr = x + r * stride;
+      const uint8_t* ir = indices + r * H;
+      T* vr = values + r * H;
+      const T* yr = kRelu2Backward ? y2 + r * H : nullptr;
+      for (int64_t h = 0; h < H; h += 2) {
+        const T* xg = xr + 2 * h;  // the group's 4 inputs
+        const T a = xg[ir[h] & 3], b = xg[ir[h + 1] & 3];
+        if constexpr (kRelu2Backward) {
+          vr[h] = round_to<T>(relu2_backward(static_cast<float>(a), static_cast<float>(yr[h])));
+          vr[h + 1] = round_to<T>(relu2_backward(static_cast<float>(b), static_cast<float>(yr[h + 1])));
         } else {
-          values[r * H + h] = xr[col];
+          vr[h] = a;
+          vr[h + 1] = b;
         }
       }
     }
@@ -282,15 +299,29 @@ void apply24_rows(const Apply24Params& p) {
 }
 
 template <typename T>
+void apply24_rows(const Apply24Params& p) {
+  p.relu2_backward ? apply24_rows_impl<T, true>(p) : apply24_rows_impl<T, false>(p);
+}
+
+// A group at a time: its four outputs zeroed, then the two kept values (the second wins if a
+// corrupted pair repeats a position; `& 3` keeps it inside the group).
+template <typename T>
 void to_dense24_rows(const ToDense24Params& p) {
   const T* values = static_cast<const T*>(p.values);
+  const uint8_t* indices = p.indices;
   T* out = static_cast<T*>(p.out);
-  const int64_t H = p.K / 2;
+  const int64_t H = p.K / 2, K = p.K;
   at::parallel_for(0, p.M, kGrain, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      T* o = out + r * p.K;
-      for (int64_t k = 0; k < p.K; ++k) o[k] = T(0.f);
-      for (int64_t h = 0; h < H; ++h) o[4 * (h / 2) + (p.indices[r * H + h] & 3)] = values[r * H + h];
+      T* o = out + r * K;
+      const T* vr = values + r * H;
+      const uint8_t* ir = indices + r * H;
+      for (int64_t h = 0; h < H; h += 2) {
+        T* og = o + 2 * h;
+        og[0] = og[1] = og[2] = og[3] = T(0.f);
+        og[ir[h] & 3] = vr[h];
+        og[ir[h + 1] & 3] = vr[h + 1];
+      }
     }
   });
 }
@@ -306,31 +337,42 @@ void transposed_split_rows(const TransposedSplit24Params& p) {
   // per-thread buffer (+0.0 at a dropped position; `& 3` as in to_dense, and the second index of a
   // pair wins if a corrupted pair repeats a position, as to_dense writes it last), then every output
   // row reads its column as one contiguous run.
-  at::parallel_for(0, (p.T + kTokTile - 1) / kTokTile, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<T> buf(static_cast<size_t>(p.F) * kTokTile);
+  // Tokens per tile: kTokTile, or more while the tile's buffer stays within kSplitTileBytes (small
+  // F): longer runs per output row and fewer tiles (each pays a fill and per-row set-up).
+  const int64_t tile = split_tile_tokens(p.F, sizeof(T));
+  const T* vals = values;
+  const uint8_t* inds = p.indices;
+  const int64_t T_ = p.T, Cs = p.Cs, Cd = p.Cd, algo = p.algo;
+  at::parallel_for(0, (T_ + tile - 1) / tile, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<T> buf(static_cast<size_t>(p.F) * tile);
     for (int64_t b = b0; b < b1; ++b) {
-      const int64_t t0 = b * kTokTile, n = std::min(p.T, t0 + kTokTile) - t0;
+      const int64_t t0 = b * tile, n = std::min(T_, t0 + tile) - t0;
       std::fill(buf.begin(), buf.end(), T(0.f));
+      T* bp = buf.data();
       for (int64_t t = 0; t < n; ++t) {
-        const T* vr = values + (t0 + t) * H;
-        const uint8_t* ir = p.indices + (t0 + t) * H;
-        for (int64_t h = 0; h < H; ++h) buf[(4 * (h / 2) + (ir[h] & 3)) * kTokTile + t] = vr[h];
+        const T* vr = vals + (t0 + t) * H;
+        const uint8_t* ir = inds + (t0 + t) * H;
+        for (int64_t h = 0; h < H; h += 2) {
+          T* g = bp + (2 * h) * tile + t;
+          g[(ir[h] & 3) * tile] = vr[h];
+          g[(ir[h + 1] & 3) * tile] = vr[h + 1];
+        }
       }
-      for (int64_t c = 0; c < p.Cs; ++c) {
-        const T* col = buf.data() + p.sparse_cols[c] * kTokTile;
-        T* vr = tvalues + c * (p.T / 2) + t0 / 2;
-        uint8_t* ir = p.tindices + c * (p.T / 2) + t0 / 2;
+      for (int64_t c = 0; c < Cs; ++c) {
+        const T* col = bp + p.sparse_cols[c] * tile;
+        T* vr = tvalues + c * (T_ / 2) + t0 / 2;
+        uint8_t* ir = p.tindices + c * (T_ / 2) + t0 / 2;
         if constexpr (std::is_same_v<T, float>) {
-          select_run_f32(col, n, p.algo, vr, ir);
+          select_run_f32(col, n, static_cast<int>(algo), vr, ir);
         } else {
           for (int64_t t = 0; t < n; t += 4) {
             const T a[4] = {col[t], col[t + 1], col[t + 2], col[t + 3]};
-            select_and_store(a, p.algo, vr + t / 2, ir + t / 2);
+            select_and_store(a, static_cast<int>(algo), vr + t / 2, ir + t / 2);
           }
         }
       }
-      for (int64_t c = 0; c < p.Cd; ++c) {
-        std::memcpy(dense_t + c * p.T + t0, buf.data() + p.dense_cols[c] * kTokTile, n * sizeof(T));
+      for (int64_t c = 0; c < Cd; ++c) {
+        std::memcpy(dense_t + c * T_ + t0, bp + p.dense_cols[c] * tile, n * sizeof(T));
       }
     }
   });

@@ -256,8 +256,10 @@ class _SparseReLU2FFN(torch.autograd.Function):
                                                            False)  # a permutation of range(F): no sync
             g_sparse = _ops.sparse24_mm(tv, ti, dy3, None, None)               # (Fs, d)
             g_dense = y2d_t @ dy3                                               # (Fd, d)
-            # scattered straight into dW2's (d, F) layout: one pass, no (F, d) copy to transpose
-            dw2 = dy3.new_empty(d, Fh).index_copy_(1, sparse_cols, g_sparse.t()).index_copy_(1, dense_cols, g_dense.t())
+            # rows scattered into dW2^T (F, d), then one transposing copy into dW2's (d, F) layout: on CPU
+            # about a third of the time of index_copy_ along dim 1 (strided writes); the same bits (copies)
+            dw2 = dy3.new_empty(Fh, d).index_copy_(0, sparse_cols, g_sparse).index_copy_(
+                0, dense_cols, g_dense).t().contiguous()
         if need_b2 and ctx.has_b2:
             db2 = dy3[:T].sum(0)
         if need_x or need_w1 or (need_b1 and ctx.has_b1):
