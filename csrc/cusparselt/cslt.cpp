@@ -457,7 +457,11 @@ std::optional<at::Tensor> try_compress(const char* op, const at::Tensor& a, bool
   SP24_CSLT(op, s);
   size_t size = 0, buf_size = 0;
   s = cusparseLtSpMMACompressedSize2(h, &desc, &size, &buf_size);
-  if (s != CUSPARSE_STATUS_SUCCESS) cusparseLtMatDescriptorDestroy(&desc);
+  if (s != CUSPARSE_STATUS_SUCCESS) {
+    cusparseLtMatDescriptorDestroy(&desc);
+    // "not for me" here too (e.g. an element count cuSPARSELt caps): the caller's fallback, with why
+    if (is_unsupported(s)) return refuse("cusparseLtSpMMACompressedSize2", s);
+  }
   SP24_CSLT(op, s);
   const int64_t bytes = sp24_size ? compressed_bytes(M, K, a.scalar_type()) : static_cast<int64_t>(size);
   if (static_cast<int64_t>(size) > bytes) {
@@ -472,6 +476,7 @@ std::optional<at::Tensor> try_compress(const char* op, const at::Tensor& a, bool
   s = cusparseLtSpMMACompress2(h, &desc, 1, CUSPARSE_OPERATION_NON_TRANSPOSE, a.data_ptr(), out.data_ptr(),
                                buf_size ? tmp.data_ptr() : nullptr, at::cuda::getCurrentCUDAStream().stream());
   cusparseLtMatDescriptorDestroy(&desc);
+  if (s != CUSPARSE_STATUS_SUCCESS && is_unsupported(s)) return refuse("cusparseLtSpMMACompress2", s);
   SP24_CSLT(op, s);
   return out;
 }
