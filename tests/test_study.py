@@ -91,6 +91,16 @@ def test_partial_json_after_each_run(tmp_path, monkeypatch):
     assert seen == [(True, ["dense_s0"]), (False, ["dense_s0", "ste"])]
 
 
+def test_table_of_a_bad_file_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.json"
+    for content, what in (("not json", "JSONDecodeError"), ('{"runs": {}}', "KeyError")):
+        bad.write_text(content)
+        with pytest.raises(SystemExit, match=f"is not a readable study.json .*{what}"):
+            study.main(["--table", str(bad)])
+    with pytest.raises(SystemExit, match="is not a readable study.json"):
+        study.main(["--table", str(tmp_path / "missing.json")])
+
+
 def test_run_subset_and_bad_names(tmp_path):
     doc = study.main(["--config", "micro", "--out", str(tmp_path), "--runs", "dense_s0,ste", "--steps", "4"])
     assert list(doc["runs"]) == ["dense_s0", "ste"]
