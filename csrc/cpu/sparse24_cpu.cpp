@@ -4,6 +4,7 @@
 // token-direction kernels work on tiles of kTokTile tokens held column-major in a per-thread buffer,
 // so every read and write streams instead of striding across rows.
 #include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
@@ -201,7 +202,12 @@ void sparsify24_rows_impl(const Sparsify24Params& p) {
   at::parallel_for(0, p.M, kGrain, [&](int64_t r0, int64_t r1) {
     int32_t* cnt = nullptr;
     if constexpr (kCounts) {
-      auto& mine = partial[at::get_thread_num()];
+      // the team never exceeds torch's thread count with one OpenMP runtime; a mismatch (two runtimes
+      // in one process) is an error here, not a write past `partial`
+      const int tid = at::get_thread_num();
+      TORCH_CHECK(tid >= 0 && tid < nthreads, "sp24.sparsify24: internal error: CPU thread ", tid,
+                  " of a team larger than torch's ", nthreads, " threads (more than one OpenMP runtime loaded?)");
+      auto& mine = partial[tid];
       if (mine.empty()) mine.assign(K, 0);
       cnt = mine.data();
     }
