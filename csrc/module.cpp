@@ -170,8 +170,10 @@ PYBIND11_MODULE(_C, m) {
 #endif
     return out;
   });
-  // cuSPARSELt versions (major*1000 + minor*100 + patch): the headers sp24 was compiled against and
+  // cuSPARSELt versions (sp24::cslt_version_code: major*1000000 + minor*1000 + patch): the headers sp24 was compiled against and
   // the library the loader resolved (no GPU needed), and the mismatch message ("" if usable).
+  m.def("cslt_version_code", &sp24::cslt_version_code, py::arg("major"), py::arg("minor"), py::arg("patch"));
+  m.def("cslt_version_string", &sp24::cslt_version_string, py::arg("code"));
   m.def("cslt_versions", []() {
     py::dict d;
 #ifdef SP24_WITH_CUDA

@@ -52,7 +52,7 @@ def test_identity_words_cpu():
     w = _ops.cslt_identity("cpu", 32, 64, torch.bfloat16)
     assert w.dtype == torch.int64 and w.device.type == "cpu" and w.shape == (8,)
     magic = int.from_bytes(b"SP24CSLT", "big")
-    assert w.tolist() == [magic, 1, 1, 32, 64, 2, 0, 0]
+    assert w.tolist() == [magic, 2, 1, 32, 64, 2, 0, 0]  # format 2: word 6 is cslt_version_code
     assert _ops.cslt_identity("cpu", 32, 64, torch.float16)[5] == 1
     with pytest.raises(TypeError, match="float16 or torch.bfloat16, got torch.float32"):
         _ops.cslt_identity("cpu", 32, 64, torch.float32)
@@ -93,14 +93,21 @@ def test_identity_refuses_other_version_and_layout():
     v, i, buf, b = _cpu_case()
     ident = _ops.cslt_identity("cpu", 32, 64, torch.bfloat16)
     other = ident.clone()
-    other[2], other[6], other[7] = 2, 801, 90  # "cuSPARSELt 0.8.1's layout for sm_90"
+    other[2], other[6], other[7] = 2, _C.cslt_version_code(0, 8, 1), 90  # "cuSPARSELt 0.8.1's layout for sm_90"
     with pytest.raises(ValueError, match=r"the buffer is a \(32, 64\) bfloat16 buffer in cuSPARSELt 0.8.1's layout "
                                          r"for sm_90, but this call needs .* sp24's CPU packing"):
         _ops.cslt_mm(buf, 32, 64, b, identity=other)
     bad = ident.clone()
     bad[1] = 99
-    with pytest.raises(ValueError, match="is not a GEMM-ready buffer identity of format 1"):
+    with pytest.raises(ValueError, match="is not a GEMM-ready buffer identity of format 2"):
         _ops.cslt_mm(buf, 32, 64, b, identity=bad)
+    # 0.10.0 and 1.0.0 are different layouts to the identity (the old encoding gave both 1000)
+    v10, v100 = other.clone(), other.clone()
+    v10[6], v100[6] = _C.cslt_version_code(0, 10, 0), _C.cslt_version_code(1, 0, 0)
+    with pytest.raises(ValueError, match=r"cuSPARSELt 0.10.0's layout for sm_90"):
+        _ops.cslt_mm(buf, 32, 64, b, identity=v10)
+    with pytest.raises(ValueError, match=r"cuSPARSELt 1.0.0's layout for sm_90"):
+        _ops.cslt_mm(buf, 32, 64, b, identity=v100)
     with pytest.raises(ValueError, match=r"identity must be the CPU int64 tensor of 8 words"):
         _ops.cslt_mm(buf, 32, 64, b, identity=ident.to(torch.int32))
 
@@ -377,11 +384,11 @@ def test_no_pip_cuda_include_dir_on_compile_lines():
 @requires_cuda_build
 def test_cusparselt_versions_agree():
     v = _C.cslt_versions()
-    assert v["header"] >= 800, f"sp24 needs cuSPARSELt >= 0.8, built against {v['header']}"
-    assert v["runtime"] // 100 == v["header"] // 100, v
+    assert v["header"] >= _C.cslt_version_code(0, 8, 0), f"sp24 needs cuSPARSELt >= 0.8, built against {v['header']}"
+    assert v["runtime"] // 1000 == v["header"] // 1000, v
     assert v["mismatch"] == "", v["mismatch"]
     major, minor, patch = (int(p) for p in sp24.build_info()["cusparselt_version"].split("."))
-    assert major * 1000 + minor * 100 + patch == v["header"]
+    assert _C.cslt_version_code(major, minor, patch) == v["header"]
 
 
 @requires_cuda_build
@@ -482,6 +489,20 @@ print("OK", [str(x.message) for x in w])
     assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
 
 
+def test_cslt_version_code_tells_every_version_apart():
+    """cuSPARSELt's own encoding (major*1000 + minor*100 + patch) gives 1000 for 0.10.0 and 1.0.0:
+    the code sp24 keeps in the buffer identity and the version check must not."""
+    versions = [(0, 8, 0), (0, 8, 1), (0, 10, 0), (1, 0, 0), (0, 9, 100), (0, 10, 0), (1, 2, 3), (12, 345, 678)]
+    codes = {v: _C.cslt_version_code(*v) for v in versions}
+    assert codes[(0, 10, 0)] != codes[(1, 0, 0)] and codes[(0, 9, 100)] != codes[(1, 0, 0)]
+    assert len(set(codes.values())) == len(set(versions))
+    assert sorted(codes, key=codes.get) == sorted(set(versions))  # the code orders like the version
+    for v, c in codes.items():
+        assert _C.cslt_version_string(c) == ".".join(map(str, v))
+    from sp24.bench.common import _ver
+    assert _ver(codes[(0, 10, 0)]) == "0.10.0" and _ver(codes[(1, 0, 0)]) == "1.0.0" and _ver(-1) is None
+
+
 def test_bench_metadata_records_the_cusparselt_versions():
     from sp24.bench.common import cusparselt_versions
 
@@ -490,7 +511,7 @@ def test_bench_metadata_records_the_cusparselt_versions():
     if CUDA_BUILD:
         c = _C.cslt_versions()
         assert v["headers"] == sp24.build_info()["cusparselt_version"]
-        assert v["loaded"] == f"{c['runtime'] // 1000}.{c['runtime'] % 1000 // 100}.{c['runtime'] % 100}"
+        assert v["loaded"] == _C.cslt_version_string(c["runtime"])
     else:
         assert v["loaded"] is None and v["headers"] is None
 

@@ -2,6 +2,7 @@
 #include "cusparselt/cslt.h"
 #include "cusparselt/version.h"
 #include "sp24/cslt_alg.h"
+#include "sp24/cslt_identity.h"
 #include "sp24/cslt_layout.h"
 #include "sp24/params.h"
 
@@ -579,22 +580,22 @@ int runtime_version() {
         cusparseLtGetProperty(PATCH_LEVEL, &patch) != CUSPARSE_STATUS_SUCCESS) {
       return -1;
     }
-    return major * 1000 + minor * 100 + patch;
+    return static_cast<int>(cslt_version_code(major, minor, patch));
   }();
   return v;  // the loaded library does not change within a process
 }
 
-int header_version() { return SP24_CSLT_MAJOR * 1000 + SP24_CSLT_MINOR * 100 + SP24_CSLT_PATCH; }
+int header_version() { return static_cast<int>(cslt_version_code(SP24_CSLT_MAJOR, SP24_CSLT_MINOR, SP24_CSLT_PATCH)); }
 
 std::string version_mismatch() {
   const int rt = runtime_version(), hd = header_version();
   std::ostringstream os;
   if (rt < 0) {
     os << "cannot read the loaded cuSPARSELt's version (cusparseLtGetProperty failed)";
-  } else if (rt / 100 != hd / 100) {
+  } else if (rt / 1000 != hd / 1000) {
     // same major.minor: the API and the compressed layout sp24 was built for; a newer patch
     // (e.g. 0.8.1 over 0.8.0, same SONAME) is allowed and recorded in every benchmark JSON
-    os << "the loaded cuSPARSELt is " << rt / 1000 << "." << (rt % 1000) / 100 << "." << rt % 100
+    os << "the loaded cuSPARSELt is " << cslt_version_string(rt)
        << " but sp24 was compiled against cuSPARSELt " << version()
        << " headers; rebuild sp24 against the cuSPARSELt that torch loads (pip install --no-build-isolation -e .)";
   }

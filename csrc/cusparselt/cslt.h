@@ -52,7 +52,7 @@ bool is_unsupported(int status);
 // Warns that sparse24_mm falls back to the dense GEMM, once per distinct reason (numbers ignored).
 void warn_fallback(const char* op, const std::string& why);
 
-// cuSPARSELt versions as major*1000 + minor*100 + patch: the loaded library (-1 if unreadable;
+// cuSPARSELt versions as cslt_version_code (sp24/cslt_identity.h): the loaded library (-1 if unreadable;
 // needs no GPU) and the headers sp24 was compiled against.
 int runtime_version();
 int header_version();

@@ -10,7 +10,7 @@
 //   word 2  layout kind: kLayoutCpuPacking (sp24's CPU packing) or kLayoutCusparselt
 //   word 3  m          word 4  k
 //   word 5  dtype: 1 float16, 2 bfloat16
-//   word 6  cuSPARSELt runtime version (major*1000 + minor*100 + patch; 0 for the CPU packing)
+//   word 6  cuSPARSELt runtime version, cslt_version_code (0 for the CPU packing)
 //   word 7  GPU compute capability (major*10 + minor; 0 for the CPU packing): cuSPARSELt's
 //           compressed layout is chosen per architecture
 #pragma once
@@ -21,9 +21,22 @@
 namespace sp24 {
 
 constexpr int64_t kCsltMagic = 0x5350323443534C54LL;  // "SP24CSLT"
-constexpr int64_t kCsltIdentityFormat = 1;
+// 2: word 6 is cslt_version_code (format 1 had major*1000 + minor*100 + patch, which is ambiguous)
+constexpr int64_t kCsltIdentityFormat = 2;
 constexpr int64_t kCsltIdentityWords = 8;
 constexpr int64_t kLayoutCpuPacking = 1, kLayoutCusparselt = 2;
+
+// A cuSPARSELt version as one integer that keeps each component: major*1000000 + minor*1000 + patch.
+// (cuSPARSELt's own CUSPARSELT_VERSION, major*1000 + minor*100 + patch, gives 1000 for both 0.10.0
+// and 1.0.0, and a patch >= 100 spills into the minor.) Components must be in 0..999.
+constexpr int64_t cslt_version_code(int64_t major, int64_t minor, int64_t patch) {
+  return major * 1000000 + minor * 1000 + patch;
+}
+inline std::string cslt_version_string(int64_t code) {
+  std::ostringstream os;
+  os << code / 1000000 << "." << (code / 1000) % 1000 << "." << code % 1000;
+  return os.str();
+}
 
 struct CsltIdentity {
   int64_t kind = 0, m = 0, k = 0, dtype = 0, cslt_version = 0, arch = 0;
@@ -60,8 +73,7 @@ struct CsltIdentity {
     if (kind == kLayoutCpuPacking) {
       os << "sp24's CPU packing";
     } else if (kind == kLayoutCusparselt) {
-      os << "cuSPARSELt " << cslt_version / 1000 << "." << (cslt_version % 1000) / 100 << "." << cslt_version % 100
-         << "'s layout for sm_" << arch;
+      os << "cuSPARSELt " << cslt_version_string(cslt_version) << "'s layout for sm_" << arch;
     } else {
       os << "an unknown layout (kind " << kind << ")";
     }

@@ -132,7 +132,8 @@ def gpu_name(device: torch.device) -> str:
 
 
 def _ver(v) -> Optional[str]:
-    return None if v is None or v < 0 else f"{v // 1000}.{v % 1000 // 100}.{v % 100}"
+    # sp24._C.cslt_versions' codes: major*1000000 + minor*1000 + patch (unambiguous, unlike major*1000 + minor*100 + patch)
+    return None if v is None or v < 0 else f"{v // 1000000}.{v // 1000 % 1000}.{v % 1000}"
 
 
 def cusparselt_versions() -> dict:
