@@ -346,9 +346,9 @@ void transposed_split_rows(const TransposedSplit24Params& p) {
   // Tokens per tile: kTokTile, or more while the tile's buffer stays within kSplitTileBytes (small
   // F): longer runs per output row and fewer tiles (each pays a fill and per-row set-up).
   const int64_t tile = split_tile_tokens(p.F, sizeof(T));
-  const T* vals = values;
-  const uint8_t* inds = p.indices;
-  const int64_t T_ = p.T, Cs = p.Cs, Cd = p.Cd, algo = p.algo;
+  const uint8_t* indices = p.indices;
+  const int64_t T_ = p.T, Cs = p.Cs, Cd = p.Cd;
+  const int algo = p.algo;
   at::parallel_for(0, (T_ + tile - 1) / tile, 1, [&](int64_t b0, int64_t b1) {
     std::vector<T> buf(static_cast<size_t>(p.F) * tile);
     for (int64_t b = b0; b < b1; ++b) {
@@ -356,8 +356,8 @@ void transposed_split_rows(const TransposedSplit24Params& p) {
       std::fill(buf.begin(), buf.end(), T(0.f));
       T* bp = buf.data();
       for (int64_t t = 0; t < n; ++t) {
-        const T* vr = vals + (t0 + t) * H;
-        const uint8_t* ir = inds + (t0 + t) * H;
+        const T* vr = values + (t0 + t) * H;
+        const uint8_t* ir = indices + (t0 + t) * H;
         for (int64_t h = 0; h < H; h += 2) {
           T* g = bp + (2 * h) * tile + t;
           g[(ir[h] & 3) * tile] = vr[h];
@@ -369,11 +369,11 @@ void transposed_split_rows(const TransposedSplit24Params& p) {
         T* vr = tvalues + c * (T_ / 2) + t0 / 2;
         uint8_t* ir = p.tindices + c * (T_ / 2) + t0 / 2;
         if constexpr (std::is_same_v<T, float>) {
-          select_run_f32(col, n, static_cast<int>(algo), vr, ir);
+          select_run_f32(col, n, algo, vr, ir);
         } else {
           for (int64_t t = 0; t < n; t += 4) {
             const T a[4] = {col[t], col[t + 1], col[t + 2], col[t + 3]};
-            select_and_store(a, static_cast<int>(algo), vr + t / 2, ir + t / 2);
+            select_and_store(a, algo, vr + t / 2, ir + t / 2);
           }
         }
       }

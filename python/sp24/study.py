@@ -62,6 +62,8 @@ PAPER_SPARSITY = 0.84
 # The paper's held-out losses of the runs the study mirrors (1.5B parameters; the ablations from
 # secondary summaries of the paper), best first: its ordering of the ablations.
 PAPER_LOSSES = {"default_s0": "2.652", "no_split": "2.682", "no_permutation": "2.919", "ste": "diverged"}
+# What a run records over training (copied into a run forked from a shared dense prefix).
+RECORDS = ("train_loss", "eval_loss", "stats", "step_ms")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,16 +143,14 @@ def train_run(run: Run, cfg: Config, train_data, eval_data, device: torch.device
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=cfg.lr, betas=(0.9, 0.95))
     gen = torch.Generator().manual_seed(run.seed)
-    res = {"name": run.name, "run": dataclasses.asdict(run), "train_loss": [], "eval_loss": [], "stats": [],
-           "step_ms": []}
+    res = {"name": run.name, "run": dataclasses.asdict(run), **{k: [] for k in RECORDS}}
     first, wall_before = 0, 0.0
     if fork is not None:
         model.load_state_dict(fork["model"])
         opt.load_state_dict(copy.deepcopy(fork["opt"]))
         gen.set_state(fork["gen"])
         torch.set_rng_state(fork["rng"])
-        for key in ("train_loss", "eval_loss", "stats", "step_ms"):
-            res[key] = copy.deepcopy(fork["records"][key])
+        res.update(copy.deepcopy(fork["records"]))
         first, wall_before = fork["step"], fork["wall_s"]
         res["forked_from"] = {"run": fork["run"], "step": first, "wall_s": wall_before}
     configure(model, run, sparse=run.sparse_from is not None and first >= run.sparse_from)
@@ -161,7 +161,7 @@ def train_run(run: Run, cfg: Config, train_data, eval_data, device: torch.device
                 "run": run.name, "step": step, "wall_s": time.perf_counter() - t_start,
                 "model": copy.deepcopy(model.state_dict()), "opt": copy.deepcopy(opt.state_dict()),
                 "gen": gen.get_state(), "rng": torch.get_rng_state(),
-                "records": copy.deepcopy({k: res[k] for k in ("train_loss", "eval_loss", "stats", "step_ms")})}
+                "records": copy.deepcopy({k: res[k] for k in RECORDS})}
         if run.sparse_from is not None and step == run.sparse_from:
             configure(model, run, sparse=True)
         track = step % cfg.stats_every == 0 or step == cfg.steps - 1
@@ -217,9 +217,8 @@ def summarize(runs: dict) -> dict:
         out["default_within_1pct"] = abs(gap) <= 0.01
         if out["dense_spread"] is not None:
             out["default_within_seed_noise"] = abs(out["default_mean"] - dm) <= out["dense_spread"]
-    # the paper's ordering of the ablations, best first (its losses: 2.652 default, 2.682 without the
-    # feature split, 2.919 without the permutation; the mask-free backward diverged)
-    order = [n for n in ("default_s0", "no_split", "no_permutation", "ste") if n in runs]
+    # the paper's ordering of the ablations, best first (PAPER_LOSSES)
+    order = [n for n in PAPER_LOSSES if n in runs]
     key = lambda n: math.inf if runs[n]["final_eval_loss"] is None else runs[n]["final_eval_loss"]  # noqa: E731
     out["ablation_order_measured"] = sorted(order, key=key)
     out["ablation_order_paper"] = order
@@ -424,13 +423,14 @@ def _run(args, cfg: Config) -> dict:
     # The dense prefix of every run that switches 2:4 on at the warm-up step is the dense run of its
     # seed (shares_prefix): with --fork (default) the dense run's state at that step is kept and those
     # runs continue from it. Runs of a seed whose dense run is not asked for train from step 0.
-    seeds_forked = {r.seed for r in wanted if args.fork and shares_prefix(r, cfg)}
+    forked = {r.name for r in wanted if args.fork and shares_prefix(r, cfg)}
+    seeds_forked = {r.seed for r in wanted if r.name in forked}
     order = sorted(wanted, key=lambda r: r.sparse_from is not None)  # dense runs first (stable otherwise)
     snapshots: dict = {}
     with fallback(False):
         for r in order:
             snap_at = cfg.warmup if r.sparse_from is None and r.seed in seeds_forked else None
-            fork = snapshots.get(r.seed) if args.fork and shares_prefix(r, cfg) else None
+            fork = snapshots.get(r.seed) if r.name in forked else None
             res = train_run(r, cfg, train_data, eval_data, args.device, snapshot_at=snap_at, fork=fork)
             if "_snapshot" in res:
                 snapshots[r.seed] = res.pop("_snapshot")
@@ -457,11 +457,11 @@ def _write(args, cfg: Config, corpus, runs: dict, t0: float, load_before: float,
     doc["forked"] = bool(args.fork)
     doc["summary"] = summarize(runs)
     doc = demo._clean(doc)
-    if partial:
-        (args.out / "study.json").write_text(json.dumps(doc, indent=1, allow_nan=False))
-        return doc
-    doc["plot"] = "study.png" if plot(doc, args.out / "study.png") else None
+    if not partial:
+        doc["plot"] = "study.png" if plot(doc, args.out / "study.png") else None
     (args.out / "study.json").write_text(json.dumps(doc, indent=1, allow_nan=False))
+    if partial:
+        return doc
     text = table(doc)
     (args.out / "study.md").write_text(text)
     print("\n" + text, end="")
