@@ -14,6 +14,7 @@
 
 #include <mutex>
 
+#include "glue.h"
 #include "sp24/checks.h"
 #include "sp24/cslt_identity.h"
 #include "sp24/cslt_layout.h"
@@ -21,38 +22,6 @@
 
 namespace sp24 {
 namespace {
-
-enum class Backend { kMeta, kCPU, kCUDA };
-
-#ifdef SP24_WITH_CUDA
-void* current_stream() { return at::cuda::getCurrentCUDAStream().stream(); }
-#endif
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> sparsify24_shapes(const char* op, const at::Tensor& x,
-                                                                 bool with_counts) {
-  const auto M = x.sym_size(0), K = x.sym_size(1);
-  auto values = at::empty_symint({M, K / 2}, x.options());
-  auto indices = at::empty_symint({M, K / 2}, x.options().dtype(at::kByte));
-  auto counts = with_counts ? at::zeros_symint({K}, x.options().dtype(at::kInt))
-                            : at::empty({0}, x.options().dtype(at::kInt));
-  return {values, indices, counts};
-}
-
-Sparsify24Params sparsify24_params(const at::Tensor& x, void* values, const at::Tensor& indices,
-                                   const at::Tensor& counts, bool with_counts, int algo_id, bool relu2) {
-  Sparsify24Params p;
-  p.x = x.data_ptr();
-  p.x_row_stride = x.stride(0);
-  p.values = values;
-  p.indices = indices.data_ptr<uint8_t>();
-  p.counts = with_counts ? counts.data_ptr<int32_t>() : nullptr;
-  p.M = x.size(0);
-  p.K = x.size(1);
-  p.algo = algo_id;
-  p.relu2 = relu2;
-  p.dtype = to_dtype(x.scalar_type());
-  return p;
-}
 
 template <Backend B>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sparsify24(const at::Tensor& x, c10::string_view algo,

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The CUDA emulation lane: csrc/cuda/*.cu compiled as host C++ (g++) against csrc/emu/cuda_emu.h
 # with ASan + UBSan (no recovery), loaded by tests/emu through ctypes, every output compared bit for
-# bit with the CPU kernels and sp24.reference. Needs no GPU and no CUDA toolkit.
+# bit with the CPU kernels and sp24.reference. Beside it, the cuSPARSELt core (csrc/cusparselt/core.cpp)
+# compiled against the contract test double of the cuSPARSELt API (csrc/emu/cusparselt/), which
+# tests/emu/test_cslt_contract.py drives through sp24's call sequences. Needs no GPU and no CUDA toolkit.
 #
 #   bash scripts/emu.sh PYTHON [pytest args]     (normally through: bash scripts/dev.sh emu)
 #
@@ -22,6 +24,7 @@ SRC=${SP24_EMU_SRC:-.}
 OUT=${SP24_EMU_OUT:-build/emu}
 mkdir -p "$OUT"
 lib="$OUT/libsp24emu.so"
+cslt_lib="$OUT/libsp24cslt.so"
 
 asan=$("$CXX" -print-file-name=libasan.so)
 stdcxx=$("$CXX" -print-file-name=libstdc++.so)
@@ -36,6 +39,18 @@ echo "=== emulation lane: building $SRC/csrc/cuda/*.cu as host C++ with ASan + U
   -Wall -Wextra -Wno-unknown-pragmas -Werror -fPIC -shared -pthread -DSP24_EMU -DSP24_WITH_CUDA=1 \
   -I"$SRC/csrc/emu/include" -I"$SRC/csrc" -x c++ "$SRC"/csrc/cuda/*.cu -x c++ "$SRC/csrc/emu/emu_capi.cpp" -o "$lib"
 echo "built $lib in $(( $(date +%s) - t0 )) s"
+t1=$(date +%s)
+"$CXX" -std=c++17 -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all \
+  -Wall -Wextra -Werror -fPIC -shared -pthread -I"$SRC/csrc/emu/cusparselt" -I"$SRC/csrc" \
+  "$SRC/csrc/cusparselt/core.cpp" "$SRC/csrc/emu/cusparselt/cusparselt_double.cpp" "$SRC/csrc/emu/cslt_capi.cpp" \
+  -o "$cslt_lib"
+echo "built $cslt_lib (cuSPARSELt core + contract double) in $(( $(date +%s) - t1 )) s"
+# The double's own self-test: each documented rule it models refused with its status, and its
+# products equal a naive fp32-accumulated product (its results are what the contract tests trust).
+"$CXX" -std=c++17 -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all \
+  -Wall -Wextra -Werror -pthread -I"$SRC/csrc/emu/cusparselt" "$SRC/csrc/emu/cusparselt/cusparselt_double.cpp" \
+  "$SRC/csrc/emu/cusparselt/selftest.cpp" -o "$OUT/cslt_double_selftest"
+ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1" "$OUT/cslt_double_selftest" | tail -n 3
 
 case "${SP24_EMU_ORDER:-}" in
   "") ;;
@@ -47,5 +62,6 @@ LD_PRELOAD="$asan $stdcxx" \
 ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1" \
 UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
 SP24_EMU_LIB="$PWD/$lib" \
+SP24_CSLT_LIB="$PWD/$cslt_lib" \
   "$PY" -m pytest -q -rfE --capture=sys -p no:cacheprovider tests/emu "$@"
 echo "emulation lane done in $(( $(date +%s) - t0 )) s"

@@ -1,6 +1,8 @@
 """Proof that the emulation lane bites: plant one known bug into a temporary copy of csrc/, build
-that copy as the emulation library, run the lane on it, and require it to FAIL. The checkout is
-never modified (the copy lives in a temporary folder; the library goes to build/emu-plant-NAME).
+that copy as the emulation libraries, run the lane on it, and require it to FAIL. The checkout is
+never modified (the copy lives in a temporary folder; the libraries go to build/emu-plant-NAME).
+The plants cover the CUDA kernels (run under the host emulation) and the cuSPARSELt core (run
+against the contract test double of the cuSPARSELt API).
 
     python scripts/emu_plant.py PYTHON [NAME ...]      (default: every plant; via scripts/dev.sh:
                                                        bash scripts/dev.sh emu-plant [NAME ...])
@@ -20,38 +22,75 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CU = "csrc/cuda/sparse24_cuda.cu"
+CORE = "csrc/cusparselt/core.cpp"
 
-# name: (what it plants, exact text, replacement, pytest -k selection that should catch it)
+# name: (what it plants, file, exact text, replacement, pytest -k selection that should catch it)
 PLANTS = {
     "misaligned-vector": (
-        "sparsify24_transposed: the 16-byte loads no longer require a 16-byte aligned x",
+        "sparsify24_transposed: the 16-byte loads no longer require a 16-byte aligned x", CU,
         "const bool vec_load = p.N % E == 0 && aligned16(p.x) &&",
         "const bool vec_load = p.N % E == 0 &&",
         "test_sparsify24_transposed and 64",
     ),
     "shuffle-partner": (
-        "fused cuSPARSELt writer: lane ^ 1 instead of lane ^ 2 as the partner of the metadata exchange",
+        "fused cuSPARSELt writer: lane ^ 1 instead of lane ^ 2 as the partner of the metadata exchange", CU,
         "__shfl_xor_sync(0xffffffffu, b0 | (b1 << 8), 2)",
         "__shfl_xor_sync(0xffffffffu, b0 | (b1 << 8), 1)",
         "test_cslt_writers",
     ),
     "missing-syncthreads": (
-        "sparsify24_transposed: no barrier between filling the shared tile and reading it",
+        "sparsify24_transposed: no barrier between filling the shared tile and reading it", CU,
         "  __syncthreads();\n\n  // Compute + store: thread = one x column",
         "\n\n  // Compute + store: thread = one x column",
         "test_sparsify24_transposed",
     ),
     "missing-syncthreads-counts": (
-        "sparsify24 rows: no barrier between the per-thread counts in shared memory and their reduction",
+        "sparsify24 rows: no barrier between the per-thread counts in shared memory and their reduction", CU,
         "s_counts[ty][tx * kRowElems + e] = cnt[e];\n  __syncthreads();",
         "s_counts[ty][tx * kRowElems + e] = cnt[e];",
         "test_sparsify24_rows",
     ),
     "partial-tile-off-by-one": (
-        "sparsify24 rows: the last column tile takes a second group when only one is left (>= -> >)",
+        "sparsify24 rows: the last column tile takes a second group when only one is left (>= -> >)", CU,
         "(c0 + 4 >= p.K ? 1 : 2)",
         "(c0 + 4 > p.K ? 1 : 2)",
         "test_sparsify24_rows",
+    ),
+    "cslt-leading-dimension": (
+        "cuSPARSELt core: matrix A's leading dimension K / 2 instead of K", CORE,
+        "cusparseLtStructuredDescriptorInit(h, &p->a, k.M, k.K, k.K, kAlign",
+        "cusparseLtStructuredDescriptorInit(h, &p->a, k.M, k.K, k.K / 2, kAlign",
+        "test_cslt_contract",
+    ),
+    "cslt-misaligned-pointer": (
+        "cuSPARSELt core: a row-major b is passed as is without a 16-byte aligned pointer", CORE,
+        "if (s1 == 1 && s0 >= N && s0 % 8 == 0 && aligned)",
+        "if (s1 == 1 && s0 >= N && s0 % 8 == 0)",
+        "test_cslt_contract",
+    ),
+    "cslt-type-combination": (
+        "cuSPARSELt core: compute type 16F (not in cuSPARSELt's table for bf16 inputs)", CORE,
+        "&p->a, &p->b, &p->c, &p->c, CUSPARSE_COMPUTE_32F",
+        "&p->a, &p->b, &p->c, &p->c, CUSPARSE_COMPUTE_16F",
+        "test_cslt_contract",
+    ),
+    "cslt-split-k-out-of-range": (
+        "split-K write-back: the searched attributes are written back as read, without normalize_cslt_alg", CORE,
+        "const CsltAlg n = normalize_cslt_alg({c.id, c.split_k, c.split_k_mode, c.split_k_buffers});",
+        "const CsltAlg n{c.id, c.split_k, c.split_k_mode, c.split_k_buffers};",
+        "test_cslt_contract",
+    ),
+    "cslt-call-before-init": (
+        "cuSPARSELt core: the handle is used without cusparseLtInit", CORE,
+        "const cusparseStatus_t s = cusparseLtInit(h.get());",
+        "const cusparseStatus_t s = CUSPARSE_STATUS_SUCCESS;",
+        "test_cslt_contract",
+    ),
+    "cslt-plan-leak": (
+        "cuSPARSELt core: a cached plan is never destroyed", CORE,
+        "  if (!alive) return;\n  cusparseLtMatmulPlanDestroy(&plan);",
+        "  return;\n  cusparseLtMatmulPlanDestroy(&plan);",
+        "test_cslt_contract",
     ),
 }
 
@@ -60,15 +99,15 @@ KEY = re.compile(r"runtime error|ERROR: AddressSanitizer|SUMMARY: |AssertionErro
 
 
 def plant(py: str, name: str) -> bool:
-    what, old, new, select = PLANTS[name]
+    what, rel, old, new, select = PLANTS[name]
     tmp = tempfile.mkdtemp(prefix=f"sp24-plant-{name}-")
     try:
         shutil.copytree(os.path.join(ROOT, "csrc"), os.path.join(tmp, "csrc"))
-        path = os.path.join(tmp, CU)
+        path = os.path.join(tmp, rel)
         src = open(path).read()
         n = src.count(old)
         if n != 1:
-            print(f"[{name}] cannot plant: the text to replace occurs {n} times in {CU} (the kernel changed; "
+            print(f"[{name}] cannot plant: the text to replace occurs {n} times in {rel} (the source changed; "
                   "update PLANTS in scripts/emu_plant.py)")
             return False
         open(path, "w").write(src.replace(old, new))
