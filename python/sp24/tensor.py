@@ -343,7 +343,7 @@ def pack_indices(indices: Tensor) -> Tensor:
         # CPU: the 4 indices of a packed byte read as one little-endian int32 (index s in byte s, at
         # bit 8s), times 2^24 + 2^18 + 2^12 + 2^6 moves index s to bit 24 + 2s with no carries (the
         # other partial products land below bit 24 or past bit 31), so byte 3 of the product is the
-        # packed byte: 2 passes instead of 7 uint8 ops over strided views (issue #13)
+        # packed byte: 2 passes instead of 7 uint8 ops over strided views
         v = indices.contiguous().view(torch.int32) * _PACK_MUL
         return v.view(torch.uint8).view(M, H // 4, 4)[..., 3].contiguous()
     i = indices.reshape(M, H // 4, 4)
