@@ -1,4 +1,4 @@
-"""Capture small golden cuSPARSELt compressed buffers on a GPU (issue #3).
+"""Capture small golden cuSPARSELt compressed buffers on a GPU, for tests/test_cslt_layout.py.
 
 For a few small 2:4 matrices whose kept values are all distinct (so every byte of the compressed
 buffer can be traced back to a position), writes, per case, `<name>.npz` holding plain arrays

@@ -35,7 +35,7 @@ TORCH_LIBRARY(sp24, m) {
   // a buffer of another layout, (m, k), dtype, cuSPARSELt version or GPU architecture is refused.
   m.def("sparse24_cslt_mm(Tensor compressed, SymInt m, SymInt k, Tensor b, Tensor? bias=None,"
         " ScalarType? out_dtype=None, bool transpose_result=False, Tensor? identity=None) -> Tensor");
-  // issue #4: the FFN backward's feature split straight from a row-wise 2:4 A (T, F) given as
+  // The FFN backward's feature split straight from a row-wise 2:4 A (T, F) given as
   // values/indices (T, F/2): (tvalues, tindices) = sparsify24_transposed(A, algo, sparse_cols)
   // (Cs, T/2) and dense_t = A[:, dense_cols].T (Cd, T), without materialising the dense A.
   // check_columns=False skips the column range check where it costs a host sync (CUDA): for sp24's

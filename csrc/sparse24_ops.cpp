@@ -273,7 +273,7 @@ at::Tensor sparse24_mm(const at::Tensor& values, const at::Tensor& indices, cons
 }
 
 
-// ---- issue #3: reusable GEMM-ready buffer (sparse24_cslt_compress / sparse24_cslt_mm) -------------
+// ---- the reusable GEMM-ready buffer (sparse24_cslt_compress / sparse24_cslt_mm) -------------
 // The buffer is device-specific and opaque: on CUDA it is cuSPARSELt's compressed layout; on CPU
 // (reference-grade) it is sp24's own packing of the same size (sp24.reference.cslt_pack):
 //
@@ -493,7 +493,7 @@ at::Tensor sparse24_cslt_mm(const at::Tensor& compressed, c10::SymInt m, c10::Sy
   return transpose_result ? out.t().contiguous() : out;
 }
 
-// ---- issue #4: the FFN backward's feature split, read from the compressed rows ---------------------
+// ---- the FFN backward's feature split, read from the compressed rows ------------------------
 template <Backend B>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse24_transposed_split(const at::Tensor& values,
                                                                          const at::Tensor& indices,

@@ -1,5 +1,5 @@
 """sparsify24 on (..., K), Sp24Tensor.validate() and the SP24_VALIDATE debug mode, and the argument
-checks of the public API at the point of entry (issue #11, point 8)."""
+checks of the public API at the point of entry."""
 
 from __future__ import annotations
 
@@ -149,7 +149,7 @@ def test_docstring_examples_run(name):
         assert runner.run(t).failed == 0, name
 
 
-# ---- bad arguments found by a new-user trial: each names the op, the rule and the value --------
+# ---- bad arguments a new user may pass: each error names the op, the rule and the value ------
 def test_wrong_argument_types_name_the_op():
     x = torch.randn(4, 8)
     with pytest.raises(TypeError, match=r"sp24.sparsify24: activation must be one of None, 'relu2', got True \(bool\)"):

@@ -1,4 +1,4 @@
-"""Autograd of the public API and the raw ops (issue #11, point 3).
+"""Autograd of the public API and the raw ops.
 
 Gradients are compared with the autograd of plain PyTorch on the same dense computation (the
 oracle's selection, a differentiable scatter), bit for bit where the arithmetic is the same, and
@@ -164,7 +164,7 @@ def test_mm_gradients_match_torch_autograd(device, dtype, n):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_gradient_reaches_values_through_every_use(device):
-    # the silent stop of issue #11: grad_fn present, backward() fine, x.grad None
+    # the silent stop this guards against: grad_fn present, backward() fine, x.grad None
     ones = torch.ones(32, 16, device=device)
     for use in (lambda s: s.to_dense(), lambda s: s @ ones, lambda s: sp24.mm(s, ones),
                 lambda s: s.values(), lambda s: s.to(dtype=torch.float16).to_dense(),

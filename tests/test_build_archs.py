@@ -1,4 +1,4 @@
-"""Which GPUs a build serves (issue #9): native code (SASS) for each arch of the build's list and PTX
+"""Which GPUs a build serves: native code (SASS) for each arch of the build's list and PTX
 for the "+PTX" ones, so that a GPU newer than the build still runs (the driver compiles the PTX).
 
 The default list is what users get; the CUDA build lane of CI builds a shorter list to stay fast.

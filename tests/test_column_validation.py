@@ -1,7 +1,7 @@
-"""Column validation parity (issue #9): every raw op that takes column ids (sparsify24_transposed,
+"""Column validation parity: every raw op that takes column ids (sparsify24_transposed,
 sparse24_transposed_split) and the public API refuse ids outside [0, N) with the same words on every
 device. The check lives in the glue shared by the CPU and CUDA ops (csrc/sp24/checks.h,
-check_columns_range); the CUDA kernels used to clamp such ids silently. The [cuda] variants below are
+check_columns_range), so that no device clamps such ids silently. The [cuda] variants below are
 the GPU tests of the CUDA path. The Meta/fake op has no values to check: it runs the same structural
 checks (dtype, rank, device) and computes shapes only.
 """
@@ -104,7 +104,7 @@ def test_split_unchecked_columns_same_result_and_cpu_still_refuses(device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_split_unchecked_columns_over_an_empty_feature_axis_are_refused(device):
     """F == 0 with ids and check_columns=False: refused with the range error on every device (the
-    CUDA kernels' clamp into [0, F) needs F > 0; found in review)."""
+    CUDA kernels' clamp into [0, F) needs F > 0)."""
     v = torch.empty(8, 0, dtype=torch.float16, device=device)
     i = torch.empty(8, 0, dtype=torch.uint8, device=device)
     msg = "sp24.sparse24_transposed_split: sparse_cols must lie in [0, 0), got values in [0, 0]"
@@ -115,7 +115,7 @@ def test_split_unchecked_columns_over_an_empty_feature_axis_are_refused(device):
 
 def test_column_lists_are_capped_at_int32_on_every_device():
     """The CUDA column map is int32: every device (Meta included, shape-only, nothing allocated)
-    refuses more than 2**31 - 1 ids with the same words (found in review)."""
+    refuses more than 2**31 - 1 ids with the same words."""
     x = torch.empty(4, 8, device="meta")
     huge = torch.empty(2**31, dtype=torch.int64, device="meta")
     msg = "sp24.sparsify24_transposed: columns may hold at most 2147483647 ids, got 2147483648"

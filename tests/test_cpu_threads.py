@@ -1,7 +1,7 @@
 """The CPU kernels run on torch's intra-op threads, and their results do not depend on how many.
 
-Until issue #13's profiling the extension was compiled without -fopenmp: at::parallel_for (inlined
-`#pragma omp` in torch's OpenMP builds) then ran every sp24 CPU kernel on one thread, silently."""
+Why: at::parallel_for is inlined `#pragma omp` in torch's OpenMP builds, so an extension compiled
+without -fopenmp runs every sp24 CPU kernel on one thread, silently; these tests would see it."""
 
 from __future__ import annotations
 

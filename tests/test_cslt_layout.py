@@ -1,4 +1,4 @@
-"""Golden cuSPARSELt compressed buffers vs the CPU side (issue #3).
+"""Golden cuSPARSELt compressed buffers vs the CPU side.
 
 bench/capture_goldens.py (run by bench/gpu_check.sh on a GPU) writes `<case>.npz` files (plain
 arrays: dense / values / indices as raw bits, the compressed bytes) and `cslt_goldens.json`; checked

@@ -1,4 +1,4 @@
-"""The cuSPARSELt wrapper's contracts that hold before any GPU run (issue 10).
+"""The cuSPARSELt wrapper's contracts that hold before any GPU run.
 
 - GEMM-ready buffers carry a checkable identity (layout kind, m, k, dtype, cuSPARSELt version, GPU
   architecture): a mismatch is refused, on every device.
@@ -101,7 +101,8 @@ def test_identity_refuses_other_version_and_layout():
     bad[1] = 99
     with pytest.raises(ValueError, match="is not a GEMM-ready buffer identity of format 2"):
         _ops.cslt_mm(buf, 32, 64, b, identity=bad)
-    # 0.10.0 and 1.0.0 are different layouts to the identity (the old encoding gave both 1000)
+    # 0.10.0 and 1.0.0 are different layouts to the identity (cuSPARSELt's own major*1000 + minor*100
+    # + patch gives both 1000)
     v10, v100 = other.clone(), other.clone()
     v10[6], v100[6] = _C.cslt_version_code(0, 10, 0), _C.cslt_version_code(1, 0, 0)
     with pytest.raises(ValueError, match=r"cuSPARSELt 0.10.0's layout for sm_90"):
@@ -286,9 +287,9 @@ def test_cpu_mm_under_default_flags_is_the_plain_fp32_gemm():
 
 
 def test_precision_flags_stay_readable_from_another_thread_during_mm():
-    """Found in review: the op used to switch torch's fp32 precision flags process-wide during the
-    GEMM, and another thread reading torch.backends.cuda.matmul.allow_tf32 then raised ("mix of the
-    legacy and new APIs"). Now nothing global changes."""
+    """The op changes no process-wide state during the GEMM: were it to switch torch's fp32 precision
+    flags, another thread reading torch.backends.cuda.matmul.allow_tf32 would raise ("mix of the
+    legacy and new APIs")."""
     import threading
 
     saved = torch.get_float32_matmul_precision()
@@ -517,7 +518,7 @@ def test_bench_metadata_records_the_cusparselt_versions():
         assert v["loaded"] is None and v["headers"] is None
 
 
-# ---- what a search's result writes back (sp24/cslt_alg.h; found in review) ----------------------
+# ---- what a search's result writes back (sp24/cslt_alg.h) ---------------------------------------
 @pytest.mark.parametrize("found,written", [
     ((7, 1, 0, 0), (7, -1, -1, -1)),    # split-K 1: mode/buffers meaningless, writing 0 is INVALID_VALUE
     ((7, 1, 1, 1), (7, -1, -1, -1)),
@@ -538,8 +539,8 @@ def _gemm_ready_operand(monkeypatch):
 
 
 def test_mm_falls_back_when_cusparselt_refuses(monkeypatch):
-    """Found in review: sp24.mm raised where cuSPARSELt refused an operand or problem, while
-    sparse24_mm falls back to the dense GEMM. Now sp24.mm falls back too; other errors still raise."""
+    """Where cuSPARSELt refuses an operand or problem, sp24.mm falls back to the dense GEMM, as
+    sparse24_mm does; any other error still raises."""
     s, b = _gemm_ready_operand(monkeypatch)
 
     def refuse(*args, **kwargs):
@@ -558,9 +559,9 @@ def test_mm_falls_back_when_cusparselt_refuses(monkeypatch):
 
 
 def test_mm_under_compile_does_not_touch_the_cached_buffer(monkeypatch):
-    """Found in review: packed() makes the buffer's identity with a plain C++ call that dynamo cannot
-    trace (fullgraph failed) and that needs a real GPU under FakeTensorMode; while compiling,
-    sp24.mm takes sparse24_mm, which packs inside the op."""
+    """packed() makes the buffer's identity with a plain C++ call that dynamo cannot trace (fullgraph
+    would fail) and that needs a real GPU under FakeTensorMode; so while compiling, sp24.mm takes
+    sparse24_mm, which packs inside the op."""
     s, b = _gemm_ready_operand(monkeypatch)
 
     def no_packed(self):

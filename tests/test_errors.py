@@ -73,7 +73,7 @@ CASES = [
      "sp24.Sp24Tensor: values and indices must have the same shape (..., K/2), at least 1-D, got (4, 4) and (2, 4)"),
     (lambda: torch.randn(2, 4) @ sp24.sparsify24(x8), TypeError,
      "sp24.Sp24Tensor: dense @ Sp24Tensor is not supported"),
-    # issue #4: sparse24_transposed_split (vals/idx: a (4, 8) 2:4 matrix)
+    # sparse24_transposed_split (vals/idx: a (4, 8) 2:4 matrix)
     (lambda: ops.sparse24_transposed_split(vals[:3].contiguous(), idx[:3].contiguous(), torch.tensor([0]),
                                            torch.tensor([1]), "largest_abs"), ValueError,
      "sp24.sparse24_transposed_split: values.size(0) (the tokens, the 2:4 direction) must be a multiple of 4, "

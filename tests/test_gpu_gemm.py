@@ -1,5 +1,5 @@
 """2:4 GEMM: sparse24_mm (cuSPARSELt on CUDA, dense fallback) and the reusable buffer ops
-sparse24_cslt_compress / sparse24_cslt_mm (issue #3).
+sparse24_cslt_compress / sparse24_cslt_mm.
 
 Exactness: integer-valued operands whose products and sums are exact in fp32 and in the output
 dtype give identical results on every path; random data is compared with the dense matmul of the
@@ -104,7 +104,7 @@ def test_cslt_mm_meta_shapes():
     b = torch.empty(32, 48, dtype=torch.bfloat16, device="meta")
     assert _ops.cslt_mm(buf, 16, 32, b).shape == (16, 48)
     assert _ops.cslt_mm(buf, 16, 32, b, transpose_result=True).shape == (48, 16)
-    # float32 output from 16-bit inputs is refused on every device, Meta included (issue 10)
+    # float32 output from 16-bit inputs is refused on every device, Meta included
     with pytest.raises(ValueError, match=r"sp24.sparse24_cslt_mm: out_dtype must be b.dtype \(torch.bfloat16\) or "
                                          r"None, got torch.float32"):
         _ops.cslt_mm(buf, 16, 32, b, out_dtype=torch.float32)
@@ -311,7 +311,7 @@ def test_sparse24_mm_cuda_float32_out(dtype):
     torch.testing.assert_close(out.cpu(), reference.mm(v, i, b, None, torch.float32), rtol=1e-5, atol=1e-4)
 
 
-# ---- issue #3: is the CPU emulation of the layout cuSPARSELt's layout? ------------------------------
+# ---- is the CPU emulation of the layout cuSPARSELt's layout? ---------------------------------------
 def _needs_sm90():
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("the emulated / directly written layout is cuSPARSELt's sm_90 one; on this GPU "

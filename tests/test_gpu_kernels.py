@@ -1,4 +1,4 @@
-"""CUDA kernels vs the CPU kernels, bit for bit (issue #3).
+"""CUDA kernels vs the CPU kernels, bit for bit.
 
 Every case runs the same input through the CPU op and the CUDA op and compares the bits. Shapes
 cover the vectorised paths (K % 8 == 0, aligned rows) and the element-wise ones (K % 8 == 4,

@@ -1,13 +1,13 @@
-"""The CUDA launchers' grids and shared tile layout (csrc/sp24/grid.h), tested on the host (issue #9).
+"""The CUDA launchers' grids and shared tile layout (csrc/sp24/grid.h), tested on the host.
 
-* Grid limits: the tiled kernels used to put column tiles on grid.y (at most 65535), which capped
-  sparsify24 at K <= 16,776,960 and the transposed kernels at N, F <= 4,194,240 on CUDA only. Now
-  every kernel numbers its blocks linearly over (grid.x, grid.y): the CPU, Meta and CUDA ops accept
-  the same shapes. The launchers' grid function is plain host code (sp24._C.launch_grid); the
-  emulation lane runs the kernels themselves.
-* Bank conflicts: the transposed kernels' shared tile had a pitch of 66 elements, so the 4 lanes that
-  read one column 16 rows apart shared banks (2-way for 16-bit types, 4-way for fp32). The tile now
-  pads 32 bytes per 16-row block (sp24._C.tile_offset); the counts below follow the kernels' thread
+* Grid limits: every tiled kernel numbers its blocks linearly over (grid.x, grid.y), so the CPU,
+  Meta and CUDA ops accept the same shapes. Column tiles on grid.y alone (at most 65535) would cap
+  sparsify24 at K <= 16,776,960 and the transposed kernels at N, F <= 4,194,240 on CUDA only
+  (OLD_K_CAP, OLD_N_CAP; the tests go past them). The launchers' grid function is plain host code
+  (sp24._C.launch_grid); the emulation lane runs the kernels themselves.
+* Bank conflicts: with a shared tile pitch of 66 elements (old_offset) the 4 lanes that read one
+  column 16 rows apart would share banks (2-way for 16-bit types, 4-way for fp32). The tile pads 32
+  bytes per 16-row block instead (sp24._C.tile_offset); the counts below follow the kernels' thread
   mappings (csrc/cuda/sparse24_cuda.cu).
 """
 
@@ -16,7 +16,7 @@ import torch
 
 from sp24 import _C, _ops
 
-OLD_K_CAP, OLD_N_CAP = 65535 * 256, 65535 * 64  # the largest K / N, F the old grid.y layout launched
+OLD_K_CAP, OLD_N_CAP = 65535 * 256, 65535 * 64  # the largest K / N, F with column tiles on grid.y alone
 MAX_X, MAX_Y = 2**31 - 1, 65535
 
 
@@ -48,7 +48,7 @@ def test_launch_grid_folds_onto_grid_y_only_past_grid_x():
     assert (small["x"], small["y"], small["tiles"]) == (4, 1, 4)
     assert not _C.launch_grid("transposed", 2**62, 2**62)["fits"]  # beyond any launch: refused, no overflow
     assert _C.launch_grid("sparsify24", 0, 128)["tiles"] == 0
-    # tile counts near INT64_MAX: no overflow in the ceil-division (found in review)
+    # tile counts near INT64_MAX: no overflow in the ceil-division
     g = _C.launch_grid("transposed", 2**63 - 1, 1)
     assert g["fast"] == ceil_div(2**63 - 1, 64) and g["fast"] > 0 and not g["fits"]
     assert _C.launch_grid("sparsify24", 1, 2**63 - 100)["tiles"] == ceil_div(2**63 - 100, 256)
@@ -99,7 +99,7 @@ def new_offset(es, t, c):
     return _C.tile_offset(es, t, c)
 
 
-def old_offset(es, t, c):  # the former T tile[64][64 + 2]
+def old_offset(es, t, c):  # a T tile[64][64 + 2]: one 2-element pad per row
     return t * 66 + c
 
 

@@ -1,4 +1,4 @@
-"""sp24.nn with real Hugging Face `transformers` and `peft` models (issue #11): tiny random configs
+"""sp24.nn with real Hugging Face `transformers` and `peft` models: tiny random configs
 built in code, nothing downloaded. Needs the test extra (`pip install -e .[test]`; scripts/dev.sh
 installs it); skipped with a reason without it."""
 

@@ -1,4 +1,4 @@
-"""NaN bits (issue #9): a NaN that an op only selects or moves keeps its bits (sign and payload); a NaN
+"""NaN bits: a NaN that an op only selects or moves keeps its bits (sign and payload); a NaN
 that sp24's arithmetic produces (activation="relu2", sparse24_apply_relu2_backward) is the one
 canonical NaN of its dtype, sp24.reference.NAN_BITS = what NVIDIA GPUs write (0x7FFFFFFF for fp32,
 0x7FFF for fp16 and bf16), on every backend and in the oracle. On CUDA the same tests run on a GPU;
@@ -131,7 +131,7 @@ def test_selected_nans_keep_their_bits_in_every_op(device, dtype):
 @pytest.mark.parametrize("gradient", ["24sparse", "ste"])
 def test_relu2_gradient_writes_the_canonical_nan(device, dtype, gradient):
     """The autograd backward of sparsify24(activation="relu2") is relu2 arithmetic too: 0 * inf and a
-    NaN-payload input give the canonical NaN, like sparse24_apply_relu2_backward (found in review)."""
+    NaN-payload input give the canonical NaN, like sparse24_apply_relu2_backward."""
     nan = from_bits([NANS[dtype][1]], dtype)  # a negative NaN with a payload: kept (NaN ranks first)
     x = torch.cat([torch.tensor([float("inf")]).to(dtype), torch.tensor([1.0, 0.0, 0.0]).to(dtype),
                    nan, torch.tensor([1.0, 0.0, 0.0]).to(dtype)]).reshape(2, 4).to(device).requires_grad_()

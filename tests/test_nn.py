@@ -49,7 +49,7 @@ def test_set_sparse_counts_and_toggles():
 
 
 def test_dense_warmup_warns_on_a_model_without_sp24_ffns():
-    """A user who forgot convert() must not train dense while believing it is 2:4 (new-user trial)."""
+    """A user who forgot convert() must not train dense while believing it is 2:4."""
     with pytest.warns(UserWarning, match=r"sp24.nn.DenseWarmup: Sequential has no sp24.nn.ReLU2FFN module"):
         sp24.nn.DenseWarmup(nn.Sequential(nn.Linear(4, 4)), steps=2)
 
@@ -68,7 +68,7 @@ def test_dense_warmup_load_state_dict_names_missing_keys():
     ({"dense_fraction": "0.1"}, ValueError, "sp24.relu2_ffn: dense_fraction must be a number in [0, 1], got '0.1'"),
 ])
 def test_relu2_ffn_refuses_non_bool_flags(kw, err, msg):
-    """sparse="False" is truthy: it used to run 2:4 silently (new-user trial)."""
+    """sparse="False" is truthy: without the check it would run 2:4 silently."""
     x, w1, w2 = torch.randn(8, 8), torch.randn(16, 8), torch.randn(8, 16)
     with pytest.raises(err, match=re.escape(msg)):
         sp24.relu2_ffn(x, w1, w2, **kw)
@@ -111,7 +111,7 @@ def test_dense_warmup():
 
 
 def test_dense_warmup_does_not_reset_a_sparse_model():
-    # issue #11: a model loaded sparse from a checkpoint resumes sparse
+    # a model loaded sparse from a checkpoint resumes sparse
     model = nn.Sequential(sp24.nn.ReLU2FFN(8, 16), sp24.nn.ReLU2FFN(8, 16))
     sp24.nn.set_sparse(model, True)
     warm = sp24.nn.DenseWarmup(model, steps=1000)

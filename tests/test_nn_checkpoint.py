@@ -1,4 +1,4 @@
-"""sp24.nn checkpoints (issue #11, points 1 and 4): converted modules keep the original state_dict
+"""sp24.nn checkpoints: converted modules keep the original state_dict
 keys, load both ways, carry their mode (sparse, dense_fraction), and resume bit-exactly."""
 
 from __future__ import annotations
@@ -189,7 +189,7 @@ def test_resume_is_bit_exact(flow):
 
 
 def test_resume_from_a_sparse_checkpoint_with_a_new_dense_warmup():
-    # DenseWarmup built after loading a sparse checkpoint leaves it sparse (it used to reset it)
+    # DenseWarmup built after loading a sparse checkpoint leaves it sparse (no reset to dense)
     model, _ = _new(0)
     sp24.nn.set_sparse(model, True)
     fresh, _ = _new(1)

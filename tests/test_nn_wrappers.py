@@ -1,5 +1,5 @@
-"""sp24.nn under wrappers, meta tensors and FakeTensorMode; what convert reports (issue #11,
-points 2, 5, 6, 7). PEFT LoRA with the real package: tests/test_hf.py."""
+"""sp24.nn under wrappers, meta tensors and FakeTensorMode; what convert reports. PEFT LoRA with the
+real package: tests/test_hf.py."""
 
 from __future__ import annotations
 

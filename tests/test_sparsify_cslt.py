@@ -1,4 +1,4 @@
-"""sparsify24_cslt: relu2 + 2:4 + the GEMM-ready buffer in one op (issue #3, item 1).
+"""sparsify24_cslt: relu2 + 2:4 + the GEMM-ready buffer in one op.
 
 Contract on every device: (compressed, indices, counts) == (sparse24_cslt_compress(values, indices),
 indices, counts) of sparsify24(x, ...), and compressed's first M*K/2 elements are the values. On CUDA

@@ -1,4 +1,4 @@
-"""sparse24_transposed_split (issue #4) == the composition it replaces in the FFN backward, exactly:
+"""sparse24_transposed_split == the composition of ops it fuses for the FFN backward, exactly:
 
     a = sparse24_to_dense(values, indices)
     (tvalues, tindices) = sparsify24_transposed(a, algo, sparse_cols)

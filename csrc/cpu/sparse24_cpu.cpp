@@ -1,5 +1,5 @@
 // CPU kernels: correct and deterministic; they define what the CUDA kernels must match bit for bit
-// (the tests compare both against sp24.reference). Fast enough for CPU training studies (issue #13):
+// (the tests compare both against sp24.reference). Fast enough for CPU training studies (sp24.study):
 // a branch-free selection for NaN-free groups (the generic rule of sp24/select.h otherwise), and the
 // token-direction kernels work on tiles of kTokTile tokens held column-major in a per-thread buffer,
 // so every read and write streams instead of striding across rows.

@@ -14,7 +14,7 @@
 //       (coalesced, vectorised), whatever order `columns` has; each x column is written to the
 //       output row(s) that ask for it through an inverse map inv[col] (-1: not selected). Columns
 //       listed more than once get their extra copies from a small fix-up kernel.
-//   sparse24_transposed_split (issue #4) the FFN backward's feature split of a row-wise 2:4 A (T, F)
+//   sparse24_transposed_split the FFN backward's feature split of a row-wise 2:4 A (T, F)
 //       read from its compressed rows: the same 64 x 64 tile, decompressed into shared memory from
 //       values/indices (one thread per group of 4 features of a token: 2 values + 2 indices,
 //       consecutive threads on consecutive groups); then per feature column the token-direction
@@ -249,8 +249,8 @@ static_assert(kTT == kTTile && kTC == kTTile, "sp24/grid.h tiles");
 // padding between them, and 32 bytes of padding after every 16-row block.
 // Why: in the compute phase the 4 threads of a column (lanes 4j .. 4j+3, one per 16-token part)
 // read rows 16 apart. A per-row pad of p words puts those rows 16*p words apart, which is 0 or 16
-// (mod 32) for every p: with the old pitch of 66 elements, 2 lanes shared a bank for 16-bit types
-// and 4 for fp32. The 32-byte pad per 16-row block puts them 8 words apart: lane (j, part) reads
+// (mod 32) for every p: with a pitch of 66 elements (a 2-element pad per row), 2 lanes would share a
+// bank for 16-bit types and 4 for fp32. The 32-byte pad per 16-row block puts them 8 words apart: lane (j, part) reads
 // bank 8*part + j (fp32) or 8*part + j/2 (16-bit; two lanes share a word), all distinct. Every row
 // stays 16-byte aligned, so the load phase stores whole 16-byte chunks; a quarter-warp's chunks are
 // 128 contiguous bytes of one row (conflict-free), as are a half-warp's 8-byte groups in the split.
@@ -421,7 +421,7 @@ __global__ void duplicate_rows_kernel(const int64_t* __restrict__ columns, int64
 }
 
 // ---------------------------------------------------------------------------------------------
-// Feature split from the compressed rows (issue #4). A (T, F): values/indices (T, F/2).
+// Feature split from the compressed rows. A (T, F): values/indices (T, F/2).
 //
 //   compressed row t:  | v0 v1 | v2 v3 | ...   indices | 1 3 | 0 3 | ...
 //   tile[t][4q .. 4q+3] (group q):  | 0 v0 0 v1 | v2 0 0 v3 | ...   (+0.0 at dropped positions)

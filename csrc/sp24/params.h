@@ -45,7 +45,7 @@ struct Sparsify24TransposedParams {
   int64_t T = 0, N = 0, C = 0;
   int algo = 0;
   DType dtype = DType::kFloat32;
-  // CUDA only (issue #3): (N,) int32 scratch for the column -> output-row map when `columns` is
+  // CUDA only: (N,) int32 scratch for the column -> output-row map when `columns` is
   // given; allocated by the glue from torch's caching allocator.
   int32_t* workspace = nullptr;
 };
@@ -71,7 +71,7 @@ struct ToDense24Params {
   DType dtype = DType::kFloat32;
 };
 
-// issue #4: the FFN backward's feature split of a row-wise 2:4 A (T, F), read from its compressed
+// The FFN backward's feature split of a row-wise 2:4 A (T, F), read from its compressed
 // form: (tvalues, tindices) = 2:4 along the tokens of A[:, sparse_cols].T (Cs, T/2) and
 // dense_t = A[:, dense_cols].T (Cd, T). A dropped position of A reads as +0.0.
 struct TransposedSplit24Params {

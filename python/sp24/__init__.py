@@ -49,7 +49,7 @@ except ImportError as e:  # pragma: no cover
 from . import reference  # noqa: E402
 from .api import build_info, mm, sparsify24, sparsify24_transposed, stats  # noqa: E402
 from .tensor import Sp24Tensor  # noqa: E402
-from .ffn import relu2_ffn  # noqa: E402  (issue #4: the 2:4 FFN)
+from .ffn import relu2_ffn  # noqa: E402  (the 2:4 FFN)
 from . import nn  # noqa: E402
 
 __version__ = "0.1.0"

@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+from torch import Tensor
+
+
+def as_tensor(op: str, name: str, x) -> Tensor:
+    """``x`` if it is a torch.Tensor; else a TypeError naming ``sp24.<op>`` and the argument."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"sp24.{op}: {name} must be a torch.Tensor, got {type(x).__name__}")
+    return x
+
 
 def check_bool(op: str, name: str, value) -> bool:
     """``value`` if it is a bool; else a TypeError (a string such as ``"False"`` is truthy)."""

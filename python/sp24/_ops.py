@@ -97,7 +97,7 @@ def has_kernel(op: str, dispatch_key: str) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"sp24::{op}", dispatch_key)
 
 
-# ---- issue #3: reusable GEMM-ready 2:4 buffer (cuSPARSELt layout on CUDA) ------------------------
+# ---- reusable GEMM-ready 2:4 buffer (cuSPARSELt layout on CUDA) ---------------------------------
 def cslt_compress(values: Tensor, indices: Tensor) -> Tensor:
     """GEMM-ready buffer of a 2:4 A (M, K): 1-D uint8, device-specific and opaque (cuSPARSELt's
     compressed layout on CUDA, sp24's packing `reference.cslt_pack` on CPU). fp16/bf16, M and K
@@ -152,7 +152,7 @@ def values_of(compressed: Tensor, m: int, k: int, dtype: torch.dtype) -> Tensor:
 OP_NAMES = OP_NAMES + ("sparse24_cslt_compress", "sparse24_cslt_mm", "sparsify24_cslt")
 
 
-# ---- issue #4: the FFN backward's feature split, straight from the compressed rows ---------------
+# ---- the FFN backward's feature split, straight from the compressed rows ------------------------
 def transposed_split(values: Tensor, indices: Tensor, sparse_cols: Tensor, dense_cols: Tensor,
                      algo: str = "largest_abs", check_columns: bool = True) -> tuple[Tensor, Tensor, Tensor]:
     """For a row-wise 2:4 A (T, F) given as values/indices (T, F/2): (tvalues, tindices), the 2:4

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import re
 from typing import Optional, Sequence, Union
 
 import torch
@@ -12,16 +11,8 @@ from torch import Tensor
 
 from . import _C, _ops
 from . import autograd as _autograd
-from .tensor import Sp24Tensor
-
-# the words of sparse24_cslt_compress / sparse24_cslt_mm when cuSPARSELt refuses (csrc/sparse24_ops.cpp)
-_CSLT_REFUSED = re.compile(r"cuSPARSELt \S+ cannot (serve this problem|compress this operand)")
-
-
-def _as_tensor(op: str, name: str, x) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"sp24.{op}: {name} must be a torch.Tensor, got {type(x).__name__}")
-    return x
+from ._checks import as_tensor as _as_tensor
+from .tensor import Sp24Tensor, matmul
 
 
 def _row_major(x: Tensor) -> Tensor:
@@ -170,10 +161,6 @@ def sparsify24_transposed(x: Tensor, algo: str = "largest_abs",
     return Sp24Tensor._wrap(values, indices, ste=_ste(x, None, columns, True, gradient))
 
 
-def _needs_grad(*ts) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
-
-
 def mm(a: Sp24Tensor, b: Tensor, bias: Optional[Tensor] = None,
        out_dtype: Optional[torch.dtype] = None) -> Tensor:
     r"""``a @ b + bias`` for a 2:4 ``a`` and a dense ``b``; fp32 accumulation, one rounding.
@@ -203,35 +190,7 @@ def mm(a: Sp24Tensor, b: Tensor, bias: Optional[Tensor] = None,
     """
     if not isinstance(a, Sp24Tensor):
         raise TypeError(f"sp24.mm: a must be a sp24.Sp24Tensor (from sp24.sparsify24), got {type(a).__name__}")
-    b = _as_tensor("mm", "b", b)
-    if out_dtype is not None and not isinstance(out_dtype, torch.dtype):
-        raise TypeError(f"sp24.mm: out_dtype must be None or a torch.dtype (e.g. torch.float32), got {out_dtype!r}")
-    _autograd.check_func_transform("sp24.mm", a._values, b, bias)
-    M, K = a._values.shape[0], 2 * a._values.shape[1]
-    src = a._ste_src()
-    if src is not None:
-        _, act, cols, transposed = a._ste
-        out = _autograd._SteMM.apply(src, a._values.detach(), a._indices, b, bias, out_dtype, act, cols, transposed)
-    elif (a._gemm_ready() and b.dim() == 2 and b.size(0) == K and b.size(1) % 16 == 0 and b.size(1) > 0
-            and b.dtype == a.dtype and b.device == a.device and out_dtype in (None, a.dtype)
-            and not _needs_grad(a._values, b, bias) and not torch.compiler.is_compiling()):
-        # CUDA: reuse the cuSPARSELt buffer the Sp24Tensor holds (compressed once, on first use,
-        # again after an in-place change), checked against its identity. A float32 out_dtype takes
-        # sparse24_mm, whose dense fallback keeps the contract (cuSPARSELt has no 16-bit -> fp32).
-        # sparse24_cslt_mm has no backward, so only when no gradient is needed; and not while
-        # torch.compile traces (the buffer's identity is made by a plain C++ call dynamo cannot
-        # trace): sparse24_mm then packs inside the op.
-        try:
-            out = _ops.cslt_mm(a.packed(), M, K, b, bias, out_dtype, False, a._packed_identity())
-        except ValueError as e:
-            # a genuine refusal of cuSPARSELt for this operand or problem: sp24.mm falls back like
-            # sparse24_mm does (which warns once per reason); any other error stays an error
-            if not _CSLT_REFUSED.search(str(e)):
-                raise
-            out = _ops.mm(a._values, a._indices, b, bias, out_dtype)
-    else:
-        out = _ops.mm(a._values, a._indices, b, bias, out_dtype)
-    return out if a.dim() == 2 else out.reshape(*a._lead, out.shape[-1])
+    return matmul(a, b, bias, out_dtype)
 
 
 @torch.no_grad()

@@ -94,7 +94,7 @@ def runs_for(cfg: Config) -> list[Run]:
     ]
 
 
-# Sizing (issue #13): >= 2M parameters and >= 5M training tokens per run, the 9 runs in <= 90 min on 2
+# Sizing, so that the study runs on a CPU: >= 2M parameters and >= 5M training tokens per run, the 9 runs in <= 90 min on 2
 # idle cores. "cpu": 2.5M parameters (3 layers, d=256, F=1024; 2.4M outside the embeddings), 32 x 128
 # = 4096 tokens a step (sequences of 128: attention costs half what 256 would), 1221 steps = 5.0M
 # tokens (0.73 epochs of the 6.9 MB training split), 2:4 from step 500 in the default runs. The
@@ -200,7 +200,7 @@ def train_run(run: Run, cfg: Config, train_data, eval_data, device: torch.device
 
 
 def summarize(runs: dict) -> dict:
-    """Ratios to the dense mean, the seed spreads and the verdicts the issue asks for."""
+    """Ratios to the dense mean, the seed spreads and the verdicts the study reports (study.md)."""
     dense = [runs[n]["final_eval_loss"] for n in ("dense_s0", "dense_s1") if n in runs and runs[n]["final_eval_loss"]]
     default = [runs[n]["final_eval_loss"] for n in ("default_s0", "default_s1")
                if n in runs and runs[n]["final_eval_loss"]]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Optional, Union
 
 import torch
 from torch import Tensor
 
-from . import _ops
+from . import _checks, _ops
 from . import autograd as _autograd
 from .reference import indices_to_mask
 
@@ -263,9 +264,7 @@ class Sp24Tensor:
 
     def __matmul__(self, b: Tensor) -> Tensor:
         """``self @ b`` = :func:`sp24.mm` (self, b): a dense b (K, N) -> (..., N); differentiable."""
-        from .api import mm
-
-        return mm(self, b)
+        return matmul(self, b)
 
     def __rmatmul__(self, a):
         """Refused: ``dense @ Sp24Tensor`` (the 2:4 operand must be on the left); raises TypeError."""
@@ -275,6 +274,49 @@ class Sp24Tensor:
     def __repr__(self) -> str:
         grad = ", requires_grad=True" if self.requires_grad else ""
         return f"Sp24Tensor(shape={tuple(self.shape)}, dtype={self.dtype}, device={self.device}{grad})"
+
+
+# the words of sparse24_cslt_compress / sparse24_cslt_mm when cuSPARSELt refuses (csrc/sparse24_ops.cpp)
+_CSLT_REFUSED = re.compile(r"cuSPARSELt \S+ cannot (serve this problem|compress this operand)")
+
+
+def _needs_grad(*ts) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
+
+
+def matmul(a: Sp24Tensor, b: Tensor, bias: Optional[Tensor] = None,
+           out_dtype: Optional[torch.dtype] = None) -> Tensor:
+    """``a @ b + bias`` for a Sp24Tensor ``a``: :func:`sp24.mm` once ``a`` is known to be one
+    (``Sp24Tensor.__matmul__`` calls it directly); the contract is sp24.mm's docstring."""
+    b = _checks.as_tensor("mm", "b", b)
+    if out_dtype is not None and not isinstance(out_dtype, torch.dtype):
+        raise TypeError(f"sp24.mm: out_dtype must be None or a torch.dtype (e.g. torch.float32), got {out_dtype!r}")
+    _autograd.check_func_transform("sp24.mm", a._values, b, bias)
+    M, K = a._values.shape[0], 2 * a._values.shape[1]
+    src = a._ste_src()
+    if src is not None:
+        _, act, cols, transposed = a._ste
+        out = _autograd._SteMM.apply(src, a._values.detach(), a._indices, b, bias, out_dtype, act, cols, transposed)
+    elif (a._gemm_ready() and b.dim() == 2 and b.size(0) == K and b.size(1) % 16 == 0 and b.size(1) > 0
+            and b.dtype == a.dtype and b.device == a.device and out_dtype in (None, a.dtype)
+            and not _needs_grad(a._values, b, bias) and not torch.compiler.is_compiling()):
+        # CUDA: reuse the cuSPARSELt buffer the Sp24Tensor holds (compressed once, on first use,
+        # again after an in-place change), checked against its identity. A float32 out_dtype takes
+        # sparse24_mm, whose dense fallback keeps the contract (cuSPARSELt has no 16-bit -> fp32).
+        # sparse24_cslt_mm has no backward, so only when no gradient is needed; and not while
+        # torch.compile traces (the buffer's identity is made by a plain C++ call dynamo cannot
+        # trace): sparse24_mm then packs inside the op.
+        try:
+            out = _ops.cslt_mm(a.packed(), M, K, b, bias, out_dtype, False, a._packed_identity())
+        except ValueError as e:
+            # a genuine refusal of cuSPARSELt for this operand or problem: sp24.mm falls back like
+            # sparse24_mm does (which warns once per reason); any other error stays an error
+            if not _CSLT_REFUSED.search(str(e)):
+                raise
+            out = _ops.mm(a._values, a._indices, b, bias, out_dtype)
+    else:
+        out = _ops.mm(a._values, a._indices, b, bias, out_dtype)
+    return out if a.dim() == 2 else out.reshape(*a._lead, out.shape[-1])
 
 
 _PACK_MUL = (1 << 24) + (1 << 18) + (1 << 12) + (1 << 6)
@@ -301,7 +343,7 @@ def pack_indices(indices: Tensor) -> Tensor:
         # CPU: the 4 indices of a packed byte read as one little-endian int32 (index s in byte s, at
         # bit 8s), times 2^24 + 2^18 + 2^12 + 2^6 moves index s to bit 24 + 2s with no carries (the
         # other partial products land below bit 24 or past bit 31), so byte 3 of the product is the
-        # packed byte: 2 passes instead of 7 uint8 ops over strided views (issue #13)
+        # packed byte: 2 passes instead of 7 uint8 ops over strided views
         v = indices.contiguous().view(torch.int32) * _PACK_MUL
         return v.view(torch.uint8).view(M, H // 4, 4)[..., 3].contiguous()
     i = indices.reshape(M, H // 4, 4)

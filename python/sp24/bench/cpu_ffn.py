@@ -8,7 +8,7 @@ load average before and after (`os.getloadavg`, 1 minute), since a loaded machin
 spreads both. The GEMMs cost the same in both modes on a CPU, so the ratio is the price of sp24's
 own passes (sparsify, transposed split, decompression, permutation).
 
-Targets (issue #13, 2 cores, fp32): <= 1.25x at (T, d, F) = (4096, 512, 2048), <= 1.5x at the
+Targets (the README's status table; 2 cores, fp32): <= 1.25x at (T, d, F) = (4096, 512, 2048), <= 1.5x at the
 demo's (1024, 128, 512). Writes <out>/cpu_ffn.json and <out>/cpu_ffn.md (default out/bench, which
 git ignores) and prints the table.
 """

@@ -48,7 +48,7 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-# ---- implementations (lazy: sp24.ffn is another engineer's module) -------------------------------
+# ---- implementations (looked up by name: a missing one gives 'unavailable' rows, not an error) -
 def load_impls() -> dict:
     """{'dense': fn or None, 'sparse': fn or None, 'fallback_off': ctx factory, 'why': {...}}"""
     impls = {"dense": None, "sparse": None, "sparse_auto": None, "why": {}, "fallback_off": contextlib.nullcontext}
@@ -119,6 +119,39 @@ def peak_memory(fn, device) -> int | None:
     return torch.cuda.max_memory_allocated(device) - base
 
 
+def _implementations(impls, dense_compiled, with_auto: bool) -> list:
+    """(name, fn or None, why unavailable or None) of each implementation measure_case times."""
+    impl_fns = []
+    candidates = [("dense_eager", impls["dense"]), ("dense_compile", dense_compiled), ("sparse", impls["sparse"])]
+    if with_auto:
+        candidates.append(("sparse_auto", impls["sparse_auto"]))
+    for name, fn in candidates:
+        if fn is None:
+            why = impls["why"].get("sparse" if name.startswith("sparse") else "dense",
+                                   "torch.compile disabled (--compile off)")
+            impl_fns.append((name, None, why))
+        else:
+            impl_fns.append((name, fn, None))
+    return impl_fns
+
+
+def _add_ratios(rows: list, best_dense: dict) -> None:
+    """Each ok row's speedup over the best dense implementation of its mode, and the sparse rows'
+    saved-activation and peak-memory ratios to dense_eager."""
+    dense_eager = {r["mode"]: r for r in rows if r["name"] == "dense_eager" and r["status"] == "ok"}
+    for r in rows:
+        if r["status"] != "ok":
+            continue
+        if r["mode"] in best_dense:
+            r["dense_best"] = best_dense[r["mode"]][1]
+            r["speedup"] = best_dense[r["mode"]][0] / r["median_us"]
+        de = dense_eager.get(r["mode"])
+        if r["name"] == "sparse" and de is not None:
+            for key in ("saved_activation_bytes", "peak_mem_bytes"):
+                if r.get(key) is not None and de.get(key):
+                    r[key.replace("_bytes", "_ratio")] = r[key] / de[key]
+
+
 def measure_case(args, impls, dense_compiled, d: int, F: int, T: int, dtype: torch.dtype, label: str,
                  with_auto: bool = False) -> list[dict]:
     """Rows for one (d, F, T, dtype): dense_eager, dense_compile, sparse (fallback off) and, with
@@ -142,18 +175,7 @@ def measure_case(args, impls, dense_compiled, d: int, F: int, T: int, dtype: tor
     # FLOPs of the dense FFN: 2 GEMMs forward, 4 backward (docs/DESIGN.md, 'The six GEMMs').
     flops = {"fwd": 2 * 2.0 * T * d * F, "fwd_bwd": 6 * 2.0 * T * d * F}
 
-    impl_fns = []
-    candidates = [("dense_eager", impls["dense"]), ("dense_compile", dense_compiled), ("sparse", impls["sparse"])]
-    if with_auto:
-        candidates.append(("sparse_auto", impls["sparse_auto"]))
-    for name, fn in candidates:
-        if fn is None:
-            why = impls["why"].get("sparse" if name.startswith("sparse") else "dense",
-                                   "torch.compile disabled (--compile off)")
-            impl_fns.append((name, None, why))
-        else:
-            impl_fns.append((name, fn, None))
-
+    impl_fns = _implementations(impls, dense_compiled, with_auto)
     rows = []
     best_dense = {}
     for name, fn, why in impl_fns:
@@ -191,18 +213,7 @@ def measure_case(args, impls, dense_compiled, d: int, F: int, T: int, dtype: tor
                     best_dense[mode] = (stats["median_us"], name)
                 rows.append(row)
 
-    dense_eager = {r["mode"]: r for r in rows if r["name"] == "dense_eager" and r["status"] == "ok"}
-    for r in rows:
-        if r["status"] != "ok":
-            continue
-        if r["mode"] in best_dense:
-            r["dense_best"] = best_dense[r["mode"]][1]
-            r["speedup"] = best_dense[r["mode"]][0] / r["median_us"]
-        de = dense_eager.get(r["mode"])
-        if r["name"] == "sparse" and de is not None:
-            for key in ("saved_activation_bytes", "peak_mem_bytes"):
-                if r.get(key) is not None and de.get(key):
-                    r[key.replace("_bytes", "_ratio")] = r[key] / de[key]
+    _add_ratios(rows, best_dense)
     del pool
     if dev.type == "cuda":
         torch.cuda.empty_cache()

@@ -2,9 +2,9 @@
 
 Targets (docs/DESIGN.md, 'Targets'; H100, bf16, (16384, 16384)): fused relu2 + sparsify24 <= 1.2x clone;
 fused sparsify-transpose with the 95/5 feature split <= 1.5x clone.
-sparse24_transposed_split95 (issue #4): the FFN backward's whole 95/5 feature split read straight
-from the compressed Y2 (2:4 along the tokens of the 95% + the dense transpose of the 5%), against the
-same clone of the dense (T, F) input it no longer needs.
+sparse24_transposed_split95: the FFN backward's whole 95/5 feature split read straight from the
+compressed Y2 (2:4 along the tokens of the 95% + the dense transpose of the 5%), against the same
+clone of the dense (T, F) input, which the split itself never reads.
 """
 
 from __future__ import annotations

@@ -1,0 +1,228 @@
+"""The module: ReLU2 and ReLU2FFN, the Squared-ReLU FFN with a switchable 2:4 path (see sp24.nn)."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..api import stats as _stats
+from ..ffn import relu2_ffn
+from ._args import _check_bool, _check_fraction, _check_names
+from .adapters import _chain, _is_peft_lora, _lora_weight, _plain_linear
+
+MODE_KEY = "sp24_mode"  # the state_dict key (under each ReLU2FFN's prefix) of its mode
+
+
+class ReLU2(nn.Module):
+    """Squared-ReLU activation, relu(x)^2.
+
+    Example::
+
+        >>> sp24.nn.ReLU2()(torch.tensor([-1.0, 3.0]))
+        tensor([0., 9.])
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(x).square()
+
+
+class ReLU2FFN(nn.Module):
+    """Squared-ReLU FFN ``y = w2(relu(w1(x))^2)`` with a switchable 2:4 sparse path.
+
+    With ``sparse=False`` it is exactly the plain PyTorch FFN (it calls its two Linear modules).
+    With ``sparse=True`` forward and backward use 2:4 activation sparsity (:func:`sp24.relu2_ffn`).
+    The mode (``sparse``, ``dense_fraction``, ``permute_tokens``) is saved in the state_dict under
+    ``<prefix>sp24_mode``.
+
+    The two Linears are submodules under ``names`` (default ``("w1", "w2")``; :func:`convert`
+    keeps a model's own names, e.g. ``("up_proj", "down_proj")``); ``.w1`` / ``.w2`` always
+    return the first / second Linear, whatever its name. A wrapper put on them later (PEFT LoRA,
+    hooks, a float8 or quantized Linear) is honoured: see the module docstring of ``sp24.nn``.
+
+    ``.track_stats = True`` records, without autograd, ``.last_stats`` = {"zero_fraction",
+    "drop_rowwise", "drop_tokenwise"} of each forward's Y2 (an extra GEMM; for monitoring).
+
+    ``.gradient`` (``"24sparse"``, default, or ``"ste"``) and ``.sparse_backward`` (default
+    ``True``) are passed to :func:`sp24.relu2_ffn` on the 2:4 path (ablations of the backward's
+    approximations, e.g. ``python -m sp24.study``); they are plain attributes of the training
+    recipe, not part of the state_dict's mode.
+
+    Args:
+        d_model (int): model dim d (input and output features).
+        d_hidden (int): hidden dim F; ``sparse=True`` needs d and F to be multiples of 8.
+        bias (bool): biases on both Linears. Default: ``False``.
+        sparse (bool): start in 2:4 mode. Default: ``False`` (dense; note ``sp24.relu2_ffn``
+            defaults to ``sparse=True``: the module starts dense for the warm-up).
+        dense_fraction (float): share in [0, 1] of the densest features whose weight gradients
+            stay dense. Default: 0.05.
+        names (tuple[str, str]): attribute names of the two Linears. Default: ``("w1", "w2")``.
+        device, dtype: of the Linears' parameters.
+
+    Shape:
+        - Input: (..., d_model), fp32/fp16/bf16 (any dtype when dense).
+        - Output: (..., d_model), same dtype.
+
+    Raises:
+        ValueError: dense_fraction outside [0, 1]; bad names.
+        TypeError: sparse not a bool.
+
+    Example::
+
+        >>> ffn = sp24.nn.ReLU2FFN(16, 64)
+        >>> ffn(torch.randn(2, 5, 16)).shape
+        torch.Size([2, 5, 16])
+        >>> sorted(ffn.state_dict())
+        ['sp24_mode', 'w1.weight', 'w2.weight']
+    """
+
+    def __init__(self, d_model: int, d_hidden: int, bias: bool = False, *, sparse: bool = False,
+                 dense_fraction: float = 0.05, names: tuple[str, str] = ("w1", "w2"), device=None, dtype=None):
+        super().__init__()
+        n1, n2 = _check_names("ReLU2FFN", names)
+        self._init_flags(sparse, dense_fraction, (n1, n2))
+        self.add_module(n1, nn.Linear(d_model, d_hidden, bias=bias, device=device, dtype=dtype))
+        self.add_module(n2, nn.Linear(d_hidden, d_model, bias=bias, device=device, dtype=dtype))
+
+    def _init_flags(self, sparse, dense_fraction, names) -> None:
+        self.sparse = _check_bool("ReLU2FFN", "sparse", sparse)
+        self.dense_fraction = _check_fraction("ReLU2FFN", dense_fraction)
+        self.permute_tokens = True
+        self.gradient = "24sparse"
+        self.sparse_backward = True
+        self.track_stats = False
+        self.last_stats: Optional[dict] = None
+        self.linear_names = names
+
+    @classmethod
+    def from_linear(cls, w1: nn.Linear, w2: nn.Linear, *, sparse: bool = False, dense_fraction: float = 0.05,
+                    names: tuple[str, str] = ("w1", "w2")) -> "ReLU2FFN":
+        """A ReLU2FFN around existing Linear modules, which it reuses (nothing is copied).
+
+        Args:
+            w1 (nn.Linear): d -> F.  w2 (nn.Linear): F -> d; same dtype, device and bias-ness
+                (a PEFT LoRA Linear over an nn.Linear is accepted too).
+            sparse, dense_fraction: as in the constructor.
+            names (tuple[str, str]): attribute names to register them under (their state_dict keys).
+
+        Returns:
+            ReLU2FFN whose ``.w1 is w1`` and ``.w2 is w2``.
+
+        Raises:
+            ValueError: the Linears do not chain d -> F -> d with the same dtype/device/bias.
+
+        Example::
+
+            >>> up, down = nn.Linear(16, 64), nn.Linear(64, 16)
+            >>> sp24.nn.ReLU2FFN.from_linear(up, down, names=("up_proj", "down_proj")).w1 is up
+            True
+        """
+        if not _chain(w1, w2):
+            raise ValueError(f"sp24.nn.ReLU2FFN.from_linear: need two nn.Linear d->F and F->d with the same "
+                             f"dtype/device/bias, got {w1!r} and {w2!r}")
+        n1, n2 = _check_names("ReLU2FFN.from_linear", names)
+        m = cls.__new__(cls)
+        nn.Module.__init__(m)
+        m._init_flags(sparse, dense_fraction, (n1, n2))
+        m.add_module(n1, w1)
+        m.add_module(n2, w2)
+        return m
+
+    def __getattr__(self, name: str):
+        # .w1 / .w2 alias the first / second Linear when they are registered under other names
+        if name in ("w1", "w2"):
+            d = self.__dict__
+            names = d.get("linear_names")
+            mods = d.get("_modules", {})
+            if names is not None and name not in mods and names[0 if name == "w1" else 1] in mods:
+                return mods[names[0 if name == "w1" else 1]]
+        return super().__getattr__(name)
+
+    def _sparse_weights(self, l1, l2):
+        n1, n2 = self.linear_names
+        out = []
+        for name, m in ((n1, l1), (n2, l2)):
+            if _plain_linear(m):
+                out += [m.weight, m.bias]
+            elif _is_peft_lora(m):
+                w, b, why = _lora_weight(name, m)
+                if w is None:
+                    return None, why
+                out += [w, b]
+            elif isinstance(m, nn.Module) and (m._forward_hooks or m._forward_pre_hooks):
+                return None, f"{name} has forward hooks (they would not run on the 2:4 path)"
+            else:
+                return None, (f"{name} is a {type(m).__module__}.{type(m).__qualname__} with its own forward "
+                              f"(e.g. float8 or quantized), not a plain nn.Linear")
+        w1, b1, w2, b2 = out
+        return (w1, w2, b1, b2), ""
+
+    def forward(self, x: Tensor) -> Tensor:
+        n1, n2 = self.linear_names
+        l1, l2 = self._modules[n1], self._modules[n2]
+        if self.track_stats:
+            self._record_stats(x, l1)
+        if not self.sparse:
+            return l2(torch.relu(l1(x)).square())
+        weights, why = self._sparse_weights(l1, l2)
+        if weights is None:
+            where = getattr(self, "_sp24_where", None)
+            warnings.warn(f"sp24.nn.ReLU2FFN{f' {where}' if where else ''}: {why}; this FFN runs dense (calling "
+                          f"its modules) instead of 2:4. Remove what stops the 2:4 path, or "
+                          f"set_sparse(model, False) to run dense on purpose and silence this", stacklevel=2)
+            return l2(torch.relu(l1(x)).square())
+        w1, w2, b1, b2 = weights
+        return relu2_ffn(x, w1, w2, b1, b2, sparse=True, dense_fraction=self.dense_fraction,
+                         permute_tokens=self.permute_tokens, gradient=self.gradient,
+                         sparse_backward=self.sparse_backward)
+
+    @torch.no_grad()
+    def _record_stats(self, x: Tensor, l1: nn.Module) -> None:
+        y2 = torch.relu(l1(x)).square()
+        s = _stats(y2.reshape(-1, y2.shape[-1]))
+        self.last_stats = {k: float(s[k]) for k in ("zero_fraction", "drop_rowwise", "drop_tokenwise")}
+
+    # ---- the mode in the state_dict
+
+    def _mode_tensor(self) -> Tensor:
+        return torch.tensor([float(self.sparse), float(self.dense_fraction), float(self.permute_tokens)],
+                            dtype=torch.float64)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + MODE_KEY] = self._mode_tensor()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # state_dict is load_state_dict's own copy: consuming our key here keeps it out of the
+        # unexpected keys; a checkpoint without it (an unconverted model's) leaves the mode as is
+        mode = state_dict.pop(prefix + MODE_KEY, None)
+        if mode is not None:
+            try:
+                self._set_mode(mode)
+            except ValueError as e:
+                error_msgs.append(str(e))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def _set_mode(self, mode) -> None:
+        if not isinstance(mode, Tensor) or mode.numel() != 3 or mode.device.type == "meta":
+            raise ValueError(f"sp24.nn.ReLU2FFN: {MODE_KEY} must be a tensor [sparse, dense_fraction, "
+                             f"permute_tokens] with real values, got {mode!r}")
+        s, f, p = (float(v) for v in mode.detach().to("cpu", torch.float64).reshape(3))
+        if s not in (0.0, 1.0) or p not in (0.0, 1.0) or not 0.0 <= f <= 1.0:
+            raise ValueError(f"sp24.nn.ReLU2FFN: {MODE_KEY} holds an invalid mode [{s}, {f}, {p}]: expected "
+                             f"[0 or 1, a fraction in [0, 1], 0 or 1]")
+        self.sparse, self.dense_fraction, self.permute_tokens = s == 1.0, f, p == 1.0
+
+    def extra_repr(self) -> str:
+        l1 = self._modules[self.linear_names[0]]
+        base = getattr(l1, "base_layer", l1)
+        return (f"d_model={getattr(base, 'in_features', '?')}, d_hidden={getattr(base, 'out_features', '?')}, "
+                f"sparse={self.sparse}, dense_fraction={self.dense_fraction}")
+
