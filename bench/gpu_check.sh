@@ -4,7 +4,7 @@
 #   call 1 (<= 9 min including the build; run tool timeout_s 560):
 #     build (sm_90a only) -> the CUDA tests that decide correctness (pytest -m gpu: bit-exact
 #     kernels, GEMM, layout against cuSPARSELt, writers' checks, FFN on CUDA) -> golden cuSPARSELt
-#     buffers -> a small compute-sanitizer memcheck -> docs/DESIGN.md 'Targets' benchmarks at their headline
+#     buffers -> a small compute-sanitizer memcheck -> docs/DESIGN.md 'Targets' benchmarks (FP8 too) at their headline
 #     shapes -> one summary table (pass/fail, numbers against targets): OUT/SUMMARY.md, printed last.
 #   call 2 (<= 4 min, if time is left; timeout_s 240):
 #     build (incremental when the machine is still warm) -> crossover (shortened) -> GPU demo
@@ -80,14 +80,15 @@ assert i[\"with_cuda\"] and torch.cuda.is_available(), \"no CUDA build or no GPU
 if [ "$CALL" = 1 ]; then
   add build 140 "$BUILD"
   add import 15 "$IMPORT"
-  add tests 140 "$PY -m pytest tests -m gpu -q -ra -p no:cacheprovider --maxfail=25 --junitxml=$OUTQ/junit.xml"
+  add tests 125 "$PY -m pytest tests -m gpu -q -ra -p no:cacheprovider --maxfail=25 --junitxml=$OUTQ/junit.xml"
   add goldens 25 "$PY bench/capture_goldens.py --out $OUTQ/goldens"
-  add memcheck 50 "env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 99 \
+  add memcheck 45 "env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 99 \
 --print-limit 50 $PY -m pytest tests/test_gpu_kernels.py tests/test_sparsify_cslt.py tests/test_gpu_gemm.py -q \
 -p no:cacheprovider -k '$MEMCHECK_K'"
   add bench_sparsify 35 "$PY -m sp24.bench sparsify --out $OUTQ --no-progress --reps 30 --warmup 5"
   add bench_gemm 40 "$PY -m sp24.bench gemm --out $OUTQ --no-progress --shapes 4096:16384 --tokens 16384 --bias --reps 30 --warmup 5"
-  add bench_ffn 80 "$PY -m sp24.bench ffn --out $OUTQ --no-progress --shapes 4096:16384 --tokens 16384 --reps 20 --warmup 5"
+  add bench_ffn 70 "$PY -m sp24.bench ffn --out $OUTQ --no-progress --shapes 4096:16384 --tokens 16384 --reps 20 --warmup 5"
+  add bench_fp8 30 "$PY -m sp24.bench fp8 --out $OUTQ --no-progress --reps 10 --warmup 3"
 else
   add build 120 "$BUILD"
   add import 15 "$IMPORT"

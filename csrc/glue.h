@@ -1,5 +1,6 @@
 // What the op glue files share: the backend tag of the templated
-// host functions, torch's current CUDA stream, and the sparsify24 output shapes and kernel params.
+// host functions, torch's current CUDA stream, and sparsify24's argument checks, output shapes and
+// kernel params.
 #pragma once
 #include <ATen/ATen.h>
 
@@ -19,6 +20,19 @@ enum class Backend { kMeta, kCPU, kCUDA };
 #ifdef SP24_WITH_CUDA
 inline void* current_stream() { return at::cuda::getCurrentCUDAStream().stream(); }
 #endif
+
+// The arguments of sparsify24 and its variants: x a 2-D float matrix with adjacent row elements and
+// K % 4 == 0, the algorithm and the activation (parsed into *algo_id / *relu2).
+inline void check_sparsify24_args(const char* op, const at::Tensor& x, c10::string_view algo,
+                                  std::optional<c10::string_view> activation, int* algo_id, bool* relu2) {
+  check_matrix(op, "x", x);
+  check_float_dtype(op, "x", x);
+  check_unit_col_stride(op, "x", x);
+  *algo_id = parse_algo(op, algo);
+  *relu2 = parse_activation(op, activation);
+  SP24_CHECK(x.sym_size(1) % 4 == 0, op, ": x.size(-1) must be a multiple of 4, got ", x.sym_size(1),
+             "; pad the last dim with zeros to a multiple of 4");
+}
 
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor> sparsify24_shapes(const char* op, const at::Tensor& x,
                                                                  bool with_counts) {

@@ -6,6 +6,7 @@
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
+#include <cstring>
 #include <mutex>
 #include <set>
 #include <stdexcept>
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "sp24/cslt_alg.h"
+#include "sp24/fp8.h"
 #include "sp24/cslt_identity.h"
 #include "sp24/cslt_layout.h"
 #include "sp24/grid.h"
@@ -116,6 +118,28 @@ PYBIND11_MODULE(_C, m) {
     }
     return py::bytes(meta);
   }, py::arg("indices"), py::arg("M"), py::arg("K"));
+  // sp24's float -> e4m3 and e4m3 -> float conversions (sp24/fp8.h, the functions every kernel
+  // runs) on host bytes, so that the tests can hold them against torch over whole ranges of floats.
+  m.def("e4m3_from_float", [](py::bytes floats) {
+    std::string in = floats;
+    if (in.size() % 4 != 0) throw std::invalid_argument("sp24._C.e4m3_from_float: needs whole float32s (4 bytes each)");
+    std::string out(in.size() / 4, '\0');
+    for (size_t i = 0; i < out.size(); ++i) {
+      float f;
+      std::memcpy(&f, in.data() + 4 * i, 4);
+      out[i] = static_cast<char>(sp24::e4m3_from_float(f));
+    }
+    return py::bytes(out);
+  }, py::arg("floats"));
+  m.def("e4m3_to_float", [](py::bytes codes) {
+    std::string in = codes;
+    std::string out(in.size() * 4, '\0');
+    for (size_t i = 0; i < in.size(); ++i) {
+      const float f = sp24::e4m3_to_float(static_cast<uint8_t>(in[i]));
+      std::memcpy(&out[4 * i], &f, 4);
+    }
+    return py::bytes(out);
+  }, py::arg("codes"));
   // The attributes sp24 writes back after a cuSPARSELt search (sp24/cslt_alg.h), as a tuple
   // (id, split_k, split_k_mode, split_k_buffers); -1 = cuSPARSELt's default.
   m.def("cslt_normalize_alg", [](int id, int split_k, int mode, int buffers) {

@@ -42,4 +42,18 @@ TORCH_LIBRARY(sp24, m) {
   // own feature split, a permutation of range(F) by construction; the CUDA kernel still clamps ids.
   m.def("sparse24_transposed_split(Tensor values, Tensor indices, Tensor sparse_cols, Tensor dense_cols,"
         " str algo=\"largest_abs\", bool check_columns=True) -> (Tensor tvalues, Tensor tindices, Tensor dense_t)");
+  // FP8 (e4m3) 2:4 path (semantics: python/sp24/reference_fp8.py). sparsify24 of x, its kept
+  // values quantised per row: (values (M, K/2) float8_e4m3fn, indices (M, K/2) uint8, scales (M,)
+  // fp32 = amax / 448 of the row's kept values (1 for an all-zero row, NaN for a non-finite one),
+  // counts as sparsify24's).
+  m.def("sparsify24_fp8(Tensor x, str algo=\"largest\", str? activation=None, bool with_counts=False)"
+        " -> (Tensor values, Tensor indices, Tensor scales, Tensor counts)");
+  // Row-wise e4m3 quantisation of a dense x (M, n): (q (M, n) float8_e4m3fn, scales (M,) fp32), the
+  // rule of sparsify24_fp8's values.
+  m.def("quantize_rows_fp8(Tensor x) -> (Tensor q, Tensor scales)");
+  // (A * a_scales[:, None]) @ (b * b_scales[None, :]) (+ bias), bf16 (M, N), for the 2:4 e4m3 A (M, K)
+  // and b (K, N) e4m3 K-major; b_scales (N,) or (1,). validate_scales: refuse a non-finite or
+  // non-positive scale (one host sync on CUDA).
+  m.def("sparse24_fp8_mm(Tensor values, Tensor indices, Tensor a_scales, Tensor b, Tensor b_scales,"
+        " Tensor? bias=None, bool validate_scales=True) -> Tensor");
 }

@@ -28,13 +28,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparsify24(const at::Tensor& x, c
                                                           std::optional<c10::string_view> activation,
                                                           bool with_counts) {
   const char* op = "sp24.sparsify24";
-  check_matrix(op, "x", x);
-  check_float_dtype(op, "x", x);
-  check_unit_col_stride(op, "x", x);
-  const int algo_id = parse_algo(op, algo);
-  const bool relu2 = parse_activation(op, activation);
-  SP24_CHECK(x.sym_size(1) % 4 == 0, op, ": x.size(-1) must be a multiple of 4, got ", x.sym_size(1),
-             "; pad the last dim with zeros to a multiple of 4");
+  int algo_id = 0;
+  bool relu2 = false;
+  check_sparsify24_args(op, x, algo, activation, &algo_id, &relu2);
   auto [values, indices, counts] = sparsify24_shapes(op, x, with_counts);
   if constexpr (B != Backend::kMeta) {
     const Sparsify24Params p = sparsify24_params(x, values.data_ptr(), indices, counts, with_counts, algo_id, relu2);

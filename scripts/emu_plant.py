@@ -92,6 +92,25 @@ PLANTS = {
         "  return;\n  cusparseLtMatmulPlanDestroy(&plan);",
         "test_cslt_contract",
     ),
+    "fp8-row-reduction": (
+        "FP8 row quantisation: the warp's amax reduction starts at lane distance 8 (lanes 16 apart never meet)", CU,
+        "for (int o = 16; o > 0; o >>= 1) st.merge(",
+        "for (int o = 8; o > 0; o >>= 1) st.merge(",
+        "test_quantize_rows_e4m3",
+    ),
+    "cslt-fp8-b-not-k-major": (
+        "cuSPARSELt core, FP8: B passed as the row-major (K, N) matrix (8-bit operands must both be K-major)", CORE,
+        "  k.b_col_major = true;  // B (K, N) K-major",
+        "  k.b_col_major = false;  // B (K, N) K-major",
+        "test_cslt_fp8",
+    ),
+    "cslt-fp8-no-beta-vector": (
+        "cuSPARSELt core, FP8: C given without BETA_VECTOR_SCALING (cuSPARSELt then ignores beta and C: no bias)",
+        CORE,
+        "    if (s.ok() && k.with_c) {",
+        "    if (s.ok() && false) {",
+        "test_cslt_fp8",
+    ),
 }
 
 KEY = re.compile(r"runtime error|ERROR: AddressSanitizer|SUMMARY: |AssertionError|sp24 CUDA emulation:|^FAILED|"

@@ -9,7 +9,8 @@ import sp24
 from sp24 import _ops
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-INT_VIEW = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
+INT_VIEW = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16,
+            torch.float8_e4m3fn: torch.uint8}
 
 
 def cuda_ready() -> bool:

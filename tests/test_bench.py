@@ -166,6 +166,20 @@ def test_ffn_tiny(tmp_path):
         assert "not available" in sp["reason"]
 
 
+def test_fp8_tiny(tmp_path):
+    doc = run_cmd(tmp_path, "fp8")
+    names = [r["name"] for r in ok_rows(doc)]
+    assert names == ["clone", "sparsify24_fp8_relu2", "sparsify24_relu2_bf16", "quantize_rows_fp8_kept",
+                     "dense_fp8_mm", "sparse24_fp8_mm", "sparse24_fp8_mm_w2_rows", "quantize_x_w1_w2",
+                     "ffn_fp8_dense_fwd_bwd", "ffn_fp8_sparse_fwd_bwd", "ffn_bf16_sparse_fwd_bwd"]
+    rows = {r["name"]: r for r in doc["rows"]}
+    assert rows["sparsify24_fp8_relu2"]["ratio_to_clone"] == pytest.approx(
+        rows["sparsify24_fp8_relu2"]["median_us"] / rows["clone"]["median_us"])
+    assert rows["sparse24_fp8_mm"]["speedup"] == pytest.approx(
+        rows["dense_fp8_mm"]["median_us"] / rows["sparse24_fp8_mm"]["median_us"])
+    assert "speedup" not in rows["dense_fp8_mm"] and "speedup" not in rows["quantize_x_w1_w2"]
+
+
 def test_crossover_tiny_writes_fallback_table(tmp_path):
     doc = run_cmd(tmp_path, "crossover", "--compile-backend", "eager", "--compile", "off")
     data_file = tmp_path / "data" / "crossover.json"

@@ -20,7 +20,8 @@ from sp24.bench.validate import result_errors
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "gpu_check.sh"
-CALL1 = ["build", "import", "tests", "goldens", "memcheck", "bench_sparsify", "bench_gemm", "bench_ffn"]
+CALL1 = ["build", "import", "tests", "goldens", "memcheck", "bench_sparsify", "bench_gemm", "bench_ffn",
+         "bench_fp8"]
 CALL2 = ["build", "import", "crossover", "demo"]
 
 

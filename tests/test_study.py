@@ -61,7 +61,7 @@ def test_forked_runs_equal_runs_from_step_0(micro, tmp_path):
     scratch = study.main(["--config", "micro", "--out", str(tmp_path), "--threads", "1", "--no-fork"])
     cfg = study.CONFIGS["micro"]
     sharing = [r.name for r in study.runs_for(cfg) if study.shares_prefix(r, cfg)]
-    assert sharing == ["default_s0", "default_s1", "no_split", "no_permutation", "ste", "fwd_only"]
+    assert sharing == ["default_s0", "default_s1", "no_split", "no_permutation", "ste", "fwd_only", "fp8"]
     for name, r in forked["runs"].items():
         assert (r.get("forked_from") is not None) == (name in sharing), name
         assert "forked_from" not in scratch["runs"][name]
@@ -69,6 +69,9 @@ def test_forked_runs_equal_runs_from_step_0(micro, tmp_path):
             assert r[key] == scratch["runs"][name][key], (name, key)
     assert forked["runs"]["ste"]["forked_from"] == {"run": "dense_s0", "step": cfg.warmup,
                                                     "wall_s": forked["runs"]["ste"]["forked_from"]["wall_s"]}
+    # the FP8 2:4 run shares the FP8 dense run's prefix, not the bf16/fp32 one's
+    assert forked["runs"]["fp8"]["forked_from"]["run"] == "fp8_dense"
+    assert forked["runs"]["fp8_dense"]["final_eval_loss"] != forked["runs"]["dense_s0"]["final_eval_loss"]
     assert forked["forked"] and not scratch["forked"] and not forked["partial"]
     # a 2:4 run diverges from its dense prefix after the fork: the fork is not a copy of the dense run
     assert forked["runs"]["default_s0"]["train_loss"] != forked["runs"]["dense_s0"]["train_loss"]

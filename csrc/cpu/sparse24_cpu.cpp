@@ -20,6 +20,7 @@
 #include <xmmintrin.h>
 #endif
 
+#include "sp24/fp8.h"
 #include "sp24/params.h"
 #include "sp24/select.h"
 
@@ -384,7 +385,26 @@ void transposed_split_rows(const TransposedSplit24Params& p) {
   });
 }
 
+template <typename T>
+void quantize_rows_e4m3_rows(const QuantizeRowsParams& p) {
+  at::parallel_for(0, p.M, kGrain, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* v = static_cast<const T*>(p.values) + r * p.n;
+      E4M3RowStats st;
+      for (int64_t c = 0; c < p.n; ++c) st.add(static_cast<float>(v[c]));
+      const float scale = e4m3_row_scale(st);
+      p.scales[r] = scale;
+      uint8_t* q = p.q + r * p.n;
+      for (int64_t c = 0; c < p.n; ++c) q[c] = e4m3_quantize(static_cast<float>(v[c]), scale, st.finite());
+    }
+  });
+}
+
 }  // namespace
+
+void quantize_rows_e4m3_cpu(const QuantizeRowsParams& p) {
+  dispatch_dtype(p.dtype, [&](auto t) { quantize_rows_e4m3_rows<decltype(t)>(p); });
+}
 
 void sparsify24_cpu(const Sparsify24Params& p) {
   dispatch_dtype(p.dtype, [&](auto t) { sparsify24_rows<decltype(t)>(p); });

@@ -34,6 +34,7 @@
 
 #include "cuda/launch.cuh"
 #include "sp24/cslt_layout.h"
+#include "sp24/fp8.h"
 #include "sp24/grid.h"
 #include "sp24/params.h"
 #include "sp24/select.h"
@@ -576,7 +577,41 @@ __global__ void to_dense24_kernel(ToDense24Params p) {
   store4(out, o);
 }
 
+// Row-wise e4m3 quantisation: one warp per row (8 rows per block, grid-stride over the rows). Each
+// lane reduces amax over its columns, the warp combines them with shuffles (exact: a max), then
+// every lane writes its e4m3 values. No shared memory and no block barrier.
+constexpr int kQuantThreads = 256;
+constexpr int kQuantRowsPerBlock = kQuantThreads / 32;
+
+template <typename T>
+__global__ void __launch_bounds__(kQuantThreads) quantize_rows_e4m3_kernel(QuantizeRowsParams p) {
+  const int lane = static_cast<int>(threadIdx.x) & 31;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * kQuantRowsPerBlock;
+  // r is the same for the 32 lanes of a warp: the shuffles below always have the full warp
+  for (int64_t r = static_cast<int64_t>(blockIdx.x) * kQuantRowsPerBlock + (threadIdx.x >> 5); r < p.M; r += step) {
+    const T* v = static_cast<const T*>(p.values) + r * p.n;
+    E4M3RowStats st;
+    for (int64_t c = lane; c < p.n; c += 32) st.add(to_f(v[c]));
+    for (int o = 16; o > 0; o >>= 1) st.merge(__shfl_xor_sync(0xffffffffu, st.amax, o));
+    const float scale = e4m3_row_scale(st);
+    if (lane == 0) p.scales[r] = scale;
+    uint8_t* q = p.q + r * p.n;
+    for (int64_t c = lane; c < p.n; c += 32) q[c] = e4m3_quantize(to_f(v[c]), scale, st.finite());
+  }
+}
+
 }  // namespace
+
+void quantize_rows_e4m3_cuda(const QuantizeRowsParams& p, void* stream) {
+  if (p.M == 0) return;
+  const int64_t need = (p.M + kQuantRowsPerBlock - 1) / kQuantRowsPerBlock;
+  const unsigned blocks = static_cast<unsigned>(need < 65535 ? need : 65535);
+  dispatch_dtype(p.dtype, [&](auto t) {
+    launch_kernel(quantize_rows_e4m3_kernel<decltype(t)>, dim3(blocks), dim3(kQuantThreads), 0,
+                  static_cast<cudaStream_t>(stream), p);
+  });
+  check_launch("sparsify24_fp8 (row quantisation)");
+}
 
 bool sparsify24_cuda_vectorised(const Sparsify24Params& p) {
   const int64_t es = p.dtype == DType::kFloat32 ? 4 : 2;

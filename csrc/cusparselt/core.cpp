@@ -20,17 +20,19 @@ cudaDataType cuda_type(Type t) {
   switch (t) {
     case Type::kF16: return CUDA_R_16F;
     case Type::kBF16: return CUDA_R_16BF;
+    case Type::kE4M3: return CUDA_R_8F_E4M3;
     case Type::kF32: break;
   }
   return CUDA_R_32F;
 }
 
-int type_bytes(Type t) { return t == Type::kF32 ? 4 : 2; }
+int type_bytes(Type t) { return t == Type::kF32 ? 4 : t == Type::kE4M3 ? 1 : 2; }
 
 const char* type_name(Type t) {
   switch (t) {
     case Type::kF16: return "Half";
     case Type::kBF16: return "BFloat16";
+    case Type::kE4M3: return "Float8_e4m3fn";
     case Type::kF32: break;
   }
   return "Float";
@@ -115,6 +117,20 @@ std::string MmProblem::describe() const {
 
 std::string static_refusal(int64_t M, int64_t K, int64_t N, Type ab, Type out) {
   std::ostringstream os;
+  if (ab == Type::kE4M3) {
+    // cuSPARSELt's type table: E4M3 inputs with an E4M3, FP16, BF16 or FP32 output (FP32 compute);
+    // sp24 uses BF16 (the FFN) and FP32 (an epilogue of its own follows). Descriptor sizes: 8-bit
+    // structured rows/cols multiples of 32, dense of 16.
+    if (out != Type::kBF16 && out != Type::kF32) {
+      os << "sp24 runs cuSPARSELt's FP8 GEMM with a BFloat16 or Float output, got " << type_name(out);
+    } else if (M % 32 || K % 32 || N % 16) {
+      os << "FP8 2:4 needs M and K multiples of 32 and N of 16 for cuSPARSELt, got (" << M << ", " << K << ", " << N
+         << ")";
+    } else if (M == 0 || K == 0 || N == 0) {
+      os << "empty problem";
+    }
+    return os.str();
+  }
   if (ab != Type::kF16 && ab != Type::kBF16) {
     // cuSPARSELt's 50% sparsity for fp32 is 1:2 (TF32), not 2:4.
     os << "cuSPARSELt 2:4 serves float16/bfloat16 only, got " << type_name(ab);
@@ -131,6 +147,22 @@ std::string static_refusal(int64_t M, int64_t K, int64_t N, Type ab, Type out) {
     os << "empty problem";
   }
   return os.str();
+}
+
+MmProblem fp8_problem(int device, int64_t M, int64_t K, int64_t N, Type out, bool with_c) {
+  MmProblem k;
+  k.device = device;
+  k.M = M;
+  k.K = K;
+  k.N = N;
+  k.ldb = K;
+  k.ldd = N;
+  k.ab = Type::kE4M3;
+  k.out = out;
+  k.b_col_major = true;  // B (K, N) K-major = the row-major (N, K) weight with op(B) = T
+  k.with_c = with_c;
+  k.alpha_vec = true;
+  return k;
 }
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
@@ -218,6 +250,19 @@ std::unique_ptr<Plan> make_plan(cusparseLtHandle_t* h, const MmProblem& k) {
                                            &p->a, &p->b, &p->c, &p->c, CUSPARSE_COMPUTE_32F),
             "cusparseLtMatmulDescriptorInit");
   if (!s.ok()) return fail(s);
+  if (k.alpha_vec) {
+    // one alpha per row of D; with C, one beta per row too (BETA_VECTOR_SCALING implies ALPHA_...):
+    // without it cuSPARSELt ignores beta and does not read C
+    const int on = 1;
+    s = check(cusparseLtMatmulDescSetAttribute(h, &p->mm, CUSPARSELT_MATMUL_ALPHA_VECTOR_SCALING, &on, sizeof(on)),
+              "cusparseLtMatmulDescSetAttribute (ALPHA_VECTOR_SCALING)");
+    if (s.ok() && k.with_c) {
+      s = check(cusparseLtMatmulDescSetAttribute(h, &p->mm, CUSPARSELT_MATMUL_BETA_VECTOR_SCALING, &on, sizeof(on)),
+                "cusparseLtMatmulDescSetAttribute (BETA_VECTOR_SCALING)");
+    }
+    if (!s.ok()) return fail(s);
+    p->alpha_vec = true;
+  }
   s = check(cusparseLtMatmulAlgSelectionInit(h, &p->alg, &p->mm, CUSPARSELT_MATMUL_ALG_DEFAULT),
             "cusparseLtMatmulAlgSelectionInit");
   if (!s.ok()) return fail(s);
@@ -253,19 +298,28 @@ Plan* cached_plan(cusparseLtHandle_t* h, const MmProblem& k) {
 
 size_t cached_plans() { return thread_plans().size(); }
 
+namespace {
+constexpr float kOne = 1.f, kZero = 0.f;
+// The alpha and beta cuSPARSELt reads: the vectors of an alpha_vec plan (beta NULL without C: the
+// docs allow it with ALPHA_VECTOR_SCALING alone), else host scalars 1 and (C ? 1 : 0).
+const void* alpha_of(const Plan& p, const MmArgs& a) { return p.alpha_vec ? static_cast<const void*>(a.alpha) : &kOne; }
+const void* beta_of(const Plan& p, const MmArgs& a) {
+  if (p.alpha_vec) return a.c ? a.beta : nullptr;
+  return a.c ? &kOne : &kZero;
+}
+}  // namespace
+
 Status matmul(const Plan& p, const MmArgs& a) {
-  const float alpha = 1.f, beta = a.c ? 1.f : 0.f;
   cudaStream_t streams[1] = {a.stream};
-  return check(cusparseLtMatmul(p.handle, &p.plan, &alpha, a.a, a.b, &beta, a.c ? a.c : a.d, a.d,
+  return check(cusparseLtMatmul(p.handle, &p.plan, alpha_of(p, a), a.a, a.b, beta_of(p, a), a.c ? a.c : a.d, a.d,
                                 p.workspace ? a.workspace : nullptr, streams, 1),
                "cusparseLtMatmul");
 }
 
 Status search(Plan& p, const MmArgs& a, AlgChoice* chosen, bool* bad_id, int* max_id) {
-  const float alpha = 1.f, beta = a.c ? 1.f : 0.f;
   cudaStream_t streams[1] = {a.stream};
-  Status s = check(cusparseLtMatmulSearch(p.handle, &p.plan, &alpha, a.a, a.b, &beta, a.c ? a.c : a.d, a.d,
-                                          p.workspace ? a.workspace : nullptr, streams, 1),
+  Status s = check(cusparseLtMatmulSearch(p.handle, &p.plan, alpha_of(p, a), a.a, a.b, beta_of(p, a), a.c ? a.c : a.d,
+                                          a.d, p.workspace ? a.workspace : nullptr, streams, 1),
                    "cusparseLtMatmulSearch");
   if (!s.ok()) return s;
   AlgChoice c;

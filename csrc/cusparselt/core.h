@@ -36,10 +36,10 @@ namespace cslt {
 namespace core {
 
 // Element types of a cuSPARSELt operand as sp24 names them (torch-free).
-enum class Type : int { kF16 = 0, kBF16 = 1, kF32 = 2 };
+enum class Type : int { kF16 = 0, kBF16 = 1, kF32 = 2, kE4M3 = 3 };
 cudaDataType cuda_type(Type t);
 int type_bytes(Type t);
-// torch's c10::toString spelling ("Half", "BFloat16", "Float"): refusal texts read the same as before.
+// torch's c10::toString spelling ("Half", "BFloat16", "Float", "Float8_e4m3fn").
 const char* type_name(Type t);
 
 // The outcome of one cuSPARSELt call: its status and where it came from ("" when SUCCESS).
@@ -72,15 +72,18 @@ struct AlgChoice {
 // (passed as op(B) = T of its row-major (N, K) view, as PyTorch's own cuSPARSELt ops do) with ld
 // ldb; D (M, N) row-major with ld ldd, or column-major (the transposed result) with ld ldd; C has
 // D's layout (with_c: beta = 1).
+// alpha_vec: D[i, :] = alpha[i] * (A @ B)[i, :] (+ beta[i] * C[i, :]) with device vectors alpha (M,)
+// and, with C, beta (M,) (cuSPARSELt's ALPHA_/BETA_VECTOR_SCALING: one entry per row of D); the
+// row scales of the FP8 path.
 struct MmProblem {
   int device = 0;
   int64_t M = 0, K = 0, N = 0, ldb = 0, ldd = 0;
   Type ab = Type::kBF16, out = Type::kBF16;
-  bool b_col_major = false, d_col_major = false, with_c = false;
+  bool b_col_major = false, d_col_major = false, with_c = false, alpha_vec = false;
   AlgChoice alg;
   auto tie() const {
-    return std::tie(device, M, K, N, ldb, ldd, ab, out, b_col_major, d_col_major, with_c, alg.id, alg.split_k,
-                    alg.split_k_mode, alg.split_k_buffers);
+    return std::tie(device, M, K, N, ldb, ldd, ab, out, b_col_major, d_col_major, with_c, alpha_vec, alg.id,
+                    alg.split_k, alg.split_k_mode, alg.split_k_buffers);
   }
   bool operator<(const MmProblem& o) const { return tie() < o.tie(); }
   // "(M, K, N) = (..), BFloat16 -> BFloat16[, b column-major][, transposed result]"
@@ -88,7 +91,15 @@ struct MmProblem {
 };
 
 // A reason why cuSPARSELt cannot serve this problem by sp24's static rules, or "" if it may.
+// 16-bit inputs: the same output type, M, K, N multiples of 16. E4M3 inputs (sm_89 / sm_90+):
+// a bfloat16 or float32 output, M and K multiples of 32 (a structured 8-bit operand), N of 16, B
+// K-major (the 8-bit "TN" rule: fp8_problem passes it so).
 std::string static_refusal(int64_t M, int64_t K, int64_t N, Type ab, Type out);
+
+// The FP8 problem sp24 runs: A (M, K) 2:4 e4m3 row-major, B (K, N) e4m3 K-major (the row-major
+// (N, K) weight, ldb K), D (M, N) row-major in `out`, one alpha per row of D (alpha_vec), and with
+// with_c a C of D's layout with one beta per row.
+MmProblem fp8_problem(int device, int64_t M, int64_t K, int64_t N, Type out, bool with_c);
 
 // How b (K, N) with strides (s0, s1) at `ptr` is passed: as is (row- or column-major), or copied
 // to a contiguous row-major matrix (copy: ld = N) when neither layout meets the descriptor rules
@@ -108,6 +119,7 @@ struct Plan {
   cusparseLtMatmulAlgSelection_t alg;
   cusparseLtMatmulPlan_t plan;
   size_t workspace = 0;
+  bool alpha_vec = false;  // the problem's: matmul passes the MmArgs' alpha / beta vectors
   bool alive = false;  // a, b, c, alg and plan initialised: ~Plan destroys them
   Status why;          // the status that stopped the build (or the workspace query)
   bool ok() const { return alive && why.ok(); }
@@ -127,12 +139,15 @@ Plan* cached_plan(cusparseLtHandle_t* h, const MmProblem& p);
 size_t cached_plans();
 
 // The operands of one matmul. c == nullptr: beta = 0 and C = D. workspace may be nullptr only when
-// the plan's workspace is 0.
+// the plan's workspace is 0. alpha / beta: the device vectors (M floats, 16-byte aligned) of an
+// alpha_vec plan (beta only with c); ignored otherwise (alpha = 1, beta = c ? 1 : 0).
 struct MmArgs {
   const void* a = nullptr;  // compressed A
   const void* b = nullptr;
   const void* c = nullptr;
   void* d = nullptr;
+  const float* alpha = nullptr;
+  const float* beta = nullptr;
   void* workspace = nullptr;
   cudaStream_t stream = nullptr;
 };

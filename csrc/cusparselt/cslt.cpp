@@ -29,6 +29,7 @@ core::Type core_type(at::ScalarType t) {
   switch (t) {
     case at::kHalf: return core::Type::kF16;
     case at::kBFloat16: return core::Type::kBF16;
+    case at::kFloat8_e4m3fn: return core::Type::kE4M3;
     default: return core::Type::kF32;
   }
 }
@@ -311,6 +312,47 @@ std::optional<at::Tensor> try_mm(const char* op, const at::Tensor& compressed, i
     TORCH_CHECK(p->ok(), op, ": internal error: the verified searched plan could not be rebuilt: ", p->why.text());
   }
   run_plan(op, *p, a_buf, b, c.defined() ? &c : nullptr, out, stream);
+  return out;
+}
+
+std::optional<at::Tensor> try_fp8_mm(const char* op, const at::Tensor& a_dense, const at::Tensor& b_in,
+                                     const at::Tensor& alpha, const at::Tensor* c, at::ScalarType out_dtype,
+                                     std::string* why) {
+  const int64_t M = a_dense.size(0), K = a_dense.size(1), N = b_in.size(1);
+  const std::string reason = static_unsupported_reason(M, K, N, at::kFloat8_e4m3fn, out_dtype);
+  if (!reason.empty()) {
+    if (why) *why = reason;
+    return std::nullopt;
+  }
+  c10::cuda::CUDAGuard guard(b_in.device());
+  TORCH_CHECK(b_in.stride(0) == 1 && b_in.stride(1) == K, op, ": internal error: the FP8 GEMM needs a K-major b");
+  // every pointer cuSPARSELt reads must be 16-byte aligned: a view at an offset is copied (a fresh
+  // tensor from torch's allocator is aligned)
+  const at::Tensor b = core::aligned16(b_in.data_ptr()) ? b_in : b_in.t().clone().t();
+  // the plan (or its refusal) before compressing: a refused problem does not pay for a compression
+  const core::MmProblem key = core::fp8_problem(b.get_device(), M, K, N, core_type(out_dtype), c != nullptr);
+  cusparseLtHandle_t* h = nullptr;
+  core::Plan* p = plan_or_refusal(op, key, &h, why);
+  if (p == nullptr) return std::nullopt;
+  std::optional<at::Tensor> a_buf = try_compress(op, a_dense, false, why);
+  if (!a_buf.has_value()) return std::nullopt;
+  p = core::cached_plan(h, key);  // try_compress made no plan: still the cached one
+  // fresh tensors from torch's allocator are 16-byte aligned, as the vectors must be
+  const at::Tensor av = alpha.is_contiguous() && core::aligned16(alpha.data_ptr()) ? alpha : alpha.clone();
+  const at::Tensor bv = c != nullptr ? at::ones({M}, alpha.options()) : at::Tensor();
+  at::Tensor out = at::empty({M, N}, b.options().dtype(out_dtype));
+  at::Tensor ws = at::empty({static_cast<int64_t>(p->workspace)}, b.options().dtype(at::kByte));
+  core::MmArgs args;
+  args.a = a_buf->data_ptr();
+  args.b = b.data_ptr();
+  args.c = c != nullptr ? c->data_ptr() : nullptr;
+  args.d = out.data_ptr();
+  args.alpha = av.data_ptr<float>();
+  args.beta = bv.defined() ? bv.data_ptr<float>() : nullptr;
+  args.workspace = p->workspace ? ws.data_ptr() : nullptr;
+  args.stream = at::cuda::getCurrentCUDAStream().stream();
+  const core::Status s = core::matmul(*p, args);
+  if (!s.ok()) raise(op, s);
   return out;
 }
 

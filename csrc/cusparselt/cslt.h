@@ -125,6 +125,15 @@ std::optional<at::Tensor> try_mm(const char* op, const at::Tensor& compressed, i
                                  const at::Tensor& b, const std::optional<at::Tensor>& bias,
                                  at::ScalarType out_dtype, bool transpose_result, std::string* why);
 
+// The 2:4 FP8 GEMM: D (M, N) = alpha[i] * (A @ b)[i, :] (+ C[i, :]) in out_dtype (bfloat16 or
+// float32), for the dense 2:4 e4m3 A (M, K) contiguous (compressed here by cuSPARSELt), b (K, N)
+// e4m3 K-major (b.t() contiguous), alpha (M,) float32 on the device and C (M, N) of out_dtype or
+// nullptr. fp32 accumulation. std::nullopt (and a reason) where cuSPARSELt cannot serve it (the
+// static rules, the GPU, the shape); any other failure raises. Not searched (the default algorithm).
+std::optional<at::Tensor> try_fp8_mm(const char* op, const at::Tensor& a_dense, const at::Tensor& b,
+                                     const at::Tensor& alpha, const at::Tensor* c, at::ScalarType out_dtype,
+                                     std::string* why);
+
 // "major.minor.patch" of the cuSPARSELt the extension was compiled against.
 std::string version();
 

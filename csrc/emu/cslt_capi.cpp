@@ -205,6 +205,47 @@ int mm(const MmRequest& r, char* err, int64_t len) {
   return finish(kDone, "", err, len);
 }
 
+// try_fp8_mm (cslt.cpp): the static rules, the plan (or its refusal), cuSPARSELt's compression of
+// the dense e4m3 A (its own size), then one matmul with the alpha vector (and with C a beta vector
+// of ones). b is the K-major (K, N), i.e. the row-major (N, K) e4m3 matrix.
+int fp8_mm(int device, int out, int64_t M, int64_t K, int64_t N, const void* a_dense, const void* b_in,
+           const float* alpha_in, const void* c, void* d, char* err, int64_t len) {
+  const std::string reason = core::static_refusal(M, K, N, core::Type::kE4M3, type_of(out));
+  if (!reason.empty()) return finish(kRefused, reason, err, len);
+  // a view at an offset is copied to aligned memory, as the glue clones it
+  Aligned b_copy(core::aligned16(b_in) ? 0 : static_cast<size_t>(N * K));
+  if (!core::aligned16(b_in)) std::memcpy(b_copy.p, b_in, static_cast<size_t>(N * K));
+  const void* b = core::aligned16(b_in) ? b_in : b_copy.p;
+  Aligned a_copy(core::aligned16(alpha_in) ? 0 : static_cast<size_t>(M * 4));
+  if (!core::aligned16(alpha_in)) std::memcpy(a_copy.p, alpha_in, static_cast<size_t>(M * 4));
+  const float* alpha = core::aligned16(alpha_in) ? alpha_in : static_cast<const float*>(a_copy.p);
+  const core::MmProblem key = core::fp8_problem(device, M, K, N, type_of(out), c != nullptr);
+  const std::string mismatch = core::version_mismatch();
+  if (!mismatch.empty()) return finish(kError, mismatch, err, len);
+  core::Status st;
+  cusparseLtHandle_t* h = core::thread_handle(device, &st);
+  if (h == nullptr) return finish(status_code(st), st.text(true) + " on this GPU", err, len);
+  core::Plan* p = core::cached_plan(h, key);
+  if (!p->ok()) return finish(status_code(p->why), p->why.text(true) + " for " + key.describe(), err, len);
+  std::vector<unsigned char> a_buf;
+  const int rc = compress(device, static_cast<int>(core::Type::kE4M3), M, K, a_dense, 0, 0, &a_buf, err, len);
+  if (rc != kDone) return rc;
+  Aligned a(a_buf.size()), beta(c != nullptr ? static_cast<size_t>(M * 4) : 0), ws(p->workspace);
+  std::memcpy(a.p, a_buf.data(), a_buf.size());
+  for (int64_t i = 0; c != nullptr && i < M; ++i) static_cast<float*>(beta.p)[i] = 1.f;
+  core::MmArgs args;
+  args.a = a.p;
+  args.b = b;
+  args.c = c;
+  args.d = d;
+  args.alpha = alpha;
+  args.beta = c != nullptr ? static_cast<const float*>(beta.p) : nullptr;
+  args.workspace = p->workspace ? ws.p : nullptr;
+  st = core::matmul(*p, args);
+  if (!st.ok()) return finish(status_code(st), st.text(true), err, len);
+  return finish(kDone, "", err, len);
+}
+
 }  // namespace
 
 extern "C" {
@@ -239,6 +280,12 @@ int sp24cslt_mm_on_thread(int device, int ab, int out, int64_t M, int64_t K, int
   });
   t.join();
   return rc;
+}
+
+int sp24cslt_fp8_mm(int device, int out, int64_t M, int64_t K, int64_t N, const void* a_dense, const void* b,
+                    const float* alpha, const void* c, void* d, char* err, int64_t len) {
+  g_violations_before = sp24dbl_violations();
+  return fp8_mm(device, out, M, K, N, a_dense, b, alpha, c, d, err, len);
 }
 
 int64_t sp24cslt_cached_plans(void) { return static_cast<int64_t>(core::cached_plans()); }

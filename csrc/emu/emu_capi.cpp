@@ -167,6 +167,18 @@ int sp24emu_to_dense(const void* values, const uint8_t* indices, void* out, int6
   return guarded(err, errlen, [&] { sp24::to_dense24_cuda(p, nullptr); });
 }
 
+int sp24emu_quantize_rows(const void* values, uint8_t* q, float* scales, int64_t M, int64_t n, int dtype, char* err,
+                          int64_t errlen) {
+  sp24::QuantizeRowsParams p;
+  p.values = values;
+  p.q = q;
+  p.scales = scales;
+  p.M = M;
+  p.n = n;
+  p.dtype = dtype_of(dtype);
+  return guarded(err, errlen, [&] { sp24::quantize_rows_e4m3_cuda(p, nullptr); });
+}
+
 int sp24emu_cslt_meta(const uint8_t* indices, uint8_t* meta, int64_t M, int64_t K, char* err, int64_t errlen) {
   return guarded(err, errlen, [&] { sp24::cslt_meta24_cuda(indices, meta, M, K, nullptr); });
 }

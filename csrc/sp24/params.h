@@ -89,12 +89,24 @@ struct TransposedSplit24Params {
   int32_t* workspace = nullptr;
 };
 
+// Row-wise FP8 quantisation of the kept values (M, n) of a 2:4 matrix (sp24/fp8.h; semantics:
+// python/sp24/reference_fp8.py): q (M, n) e4m3 bits, one fp32 scale per row (amax / 448; 1 for an
+// all-zero row; NaN, with every q of the row NaN, for a row with a non-finite value).
+struct QuantizeRowsParams {
+  const void* values = nullptr;  // (M, n) contiguous
+  uint8_t* q = nullptr;          // (M, n) contiguous
+  float* scales = nullptr;       // (M,)
+  int64_t M = 0, n = 0;
+  DType dtype = DType::kFloat32;
+};
+
 // CPU kernels (csrc/cpu/sparse24_cpu.cpp).
 void sparsify24_cpu(const Sparsify24Params& p);
 void sparsify24_transposed_cpu(const Sparsify24TransposedParams& p);
 void apply24_cpu(const Apply24Params& p);
 void to_dense24_cpu(const ToDense24Params& p);
 void transposed_split24_cpu(const TransposedSplit24Params& p);
+void quantize_rows_e4m3_cpu(const QuantizeRowsParams& p);
 
 #ifdef SP24_WITH_CUDA
 // CUDA kernels (csrc/cuda/sparse24_cuda.cu); `stream` is a cudaStream_t.
@@ -105,6 +117,7 @@ void sparsify24_transposed_cuda(const Sparsify24TransposedParams& p, void* strea
 void apply24_cuda(const Apply24Params& p, void* stream);
 void to_dense24_cuda(const ToDense24Params& p, void* stream);
 void transposed_split24_cuda(const TransposedSplit24Params& p, void* stream);
+void quantize_rows_e4m3_cuda(const QuantizeRowsParams& p, void* stream);
 // The metadata region (M*K/8 bytes) of the candidate cuSPARSELt layout (sp24/cslt_layout.h) from the
 // canonical indices (M, K/2); M % 64 == 0, K % 32 == 0.
 void cslt_meta24_cuda(const uint8_t* indices, uint8_t* meta, int64_t M, int64_t K, void* stream);

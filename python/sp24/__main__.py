@@ -10,9 +10,10 @@ import sys
 import torch
 
 import sp24
-from sp24 import _ops, reference
+from sp24 import _ops, reference, reference_fp8
 
-_IV = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
+_IV = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16,
+       torch.float8_e4m3fn: torch.uint8}
 
 
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -88,6 +89,27 @@ def _checks(device: str, dtype: torch.dtype, seed: int):
     if dtype != torch.float32:  # the GEMM-ready buffer is fp16/bf16 only (no 2:4 fp32 GEMM in cuSPARSELt)
         yield "sparse24_cslt_compress+mm", cslt
         yield "sparsify24_cslt", sparsify_cslt
+        yield from _fp8_checks(device, dtype, x, g)
+
+
+def _fp8_checks(device: str, dtype: torch.dtype, x: torch.Tensor, g: torch.Generator):
+    """The FP8 ops (16-bit inputs): sparsify24_fp8 bit for bit; the GEMM on small integers with
+    power-of-two scales, exact on every device (so compared with torch.equal on a GPU too)."""
+    def sparsify_fp8():
+        got = _ops.sparsify24_fp8(x.to(device), "largest", "relu2", True)
+        return all(_same_bits(u, w) for u, w in zip(got, reference_fp8.sparsify24_fp8(x, "largest", "relu2", True)))
+
+    def fp8_mm():
+        vi, ii, _ = reference.sparsify24(torch.randint(-6, 7, (64, 96), generator=g).to(dtype), "largest_abs")
+        v8 = reference_fp8.e4m3(vi.float())
+        s = 2.0 ** torch.randint(-4, 3, (64,), generator=g).float()
+        w8 = reference_fp8.e4m3(torch.randint(-6, 7, (32, 96), generator=g).float())
+        ws = 2.0 ** torch.randint(-4, 3, (32,), generator=g).float()
+        got = _ops.fp8_mm(v8.to(device), ii.to(device), s.to(device), w8.to(device).t(), ws.to(device))
+        return _same_bits(got, reference_fp8.mm_fp8(v8, ii, s, w8.t(), ws))
+    yield "sparsify24_fp8", sparsify_fp8
+    if device == "cpu" or torch.cuda.get_device_capability() >= (8, 9):  # FP8 GEMMs need sm_89+
+        yield "sparse24_fp8_mm", fp8_mm
 
 
 def main(argv=None) -> int:

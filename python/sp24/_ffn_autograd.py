@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F_
 from torch import Tensor
 
+from . import _fp8
 from .autograd import relu2_grad
 from .tensor import pack_indices, unpack_indices
 
@@ -117,7 +118,8 @@ class _SparseReLU2FFN(torch.autograd.Function):
         T, d = x2d.shape
         pad = (-T) % TOKEN_ALIGN
         X = _pad_rows(x2d if perm is None else x2d.index_select(0, perm), pad)
-        y1 = F_.linear(X, w1, b1)
+        fp8 = options[2]  # the forward GEMMs in FP8 (sp24._fp8); the backward is the same either way
+        y1 = _fp8.forward_gemms(X, w1, b1) if fp8 else F_.linear(X, w1, b1)
         # the counts drive the feature split, a backward-only need
         values, indices, counts = _ops.sparsify24(y1, "largest", "relu2", need_counts)
         if pad and b1 is not None:
@@ -126,7 +128,7 @@ class _SparseReLU2FFN(torch.autograd.Function):
             values[T:] = 0
             if need_counts:
                 counts = counts - pad * (torch.relu(b1.float()).square().to(b1.dtype) != 0).to(counts.dtype)
-        y3 = _ops.sparse24_mm(values, indices, w2.t(), b2, None)
+        y3 = _fp8.sparse_mm(values, indices, w2, b2) if fp8 else _ops.sparse24_mm(values, indices, w2.t(), b2, None)
         # The output is written into a fresh (..., d) tensor rather than returned as a view of y3:
         # FSDP2 warns on (and in-place ops on views can break) a module output that is a view.
         if perm is None and pad == 0 and len(out_shape) == 2:
@@ -149,7 +151,7 @@ class _SparseReLU2FFN(torch.autograd.Function):
         ctx.mark_non_differentiable(values, packed, counts, y1_saved)
         ctx.save_for_backward(x2d, w1, w2, values, packed, counts, perm, inv_perm, y1_saved)
         ctx.n_dense = n_dense
-        ctx.gradient, ctx.sparse_backward = inputs[10]
+        ctx.gradient, ctx.sparse_backward = inputs[10][:2]
         ctx.has_b1, ctx.has_b2 = b1 is not None, b2 is not None
 
     @staticmethod

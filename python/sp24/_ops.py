@@ -168,3 +168,28 @@ def transposed_split(values: Tensor, indices: Tensor, sparse_cols: Tensor, dense
 
 
 OP_NAMES = OP_NAMES + ("sparse24_transposed_split",)
+
+
+# ---- the FP8 (e4m3) path (semantics: sp24.reference_fp8) -----------------------------------------
+def sparsify24_fp8(x: Tensor, algo: str = "largest", activation: Optional[str] = None,
+                   with_counts: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """sparsify24 of x (M, K), its kept values quantised to e4m3 with one fp32 scale per row:
+    (values (M, K/2) float8_e4m3fn, indices (M, K/2) uint8, scales (M,) float32, counts)."""
+    return _ops.sparsify24_fp8(x, algo, activation, with_counts)
+
+
+def quantize_rows_fp8(x: Tensor) -> tuple[Tensor, Tensor]:
+    """x (M, n) as e4m3 with one fp32 scale per row: (q (M, n) float8_e4m3fn, scales (M,))."""
+    return _ops.quantize_rows_fp8(x)
+
+
+def fp8_mm(values: Tensor, indices: Tensor, a_scales: Tensor, b: Tensor, b_scales: Tensor,
+           bias: Optional[Tensor] = None, validate_scales: bool = True) -> Tensor:
+    """(A * a_scales[:, None]) @ (b * b_scales[None, :]) (+ bias) in bf16, for the 2:4 e4m3 A (M, K)
+    given as values/indices and b (K, N) e4m3, K-major (b.t() contiguous); b_scales (N,) or (1,);
+    M, K, N multiples of 16. validate_scales refuses non-finite or non-positive scales."""
+    _debug_check("sp24.sparse24_fp8_mm", indices)
+    return _ops.sparse24_fp8_mm(values, indices, a_scales, b, b_scales, bias, validate_scales)
+
+
+OP_NAMES = OP_NAMES + ("sparsify24_fp8", "quantize_rows_fp8", "sparse24_fp8_mm")

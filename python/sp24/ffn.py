@@ -40,6 +40,7 @@ torch.amp.custom_fwd(cast_inputs=...)); fp32 master weights receive fp32 gradien
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Callable, Optional
 
@@ -47,7 +48,7 @@ import torch
 import torch.nn.functional as F_
 from torch import Tensor
 
-from . import _checks, _fallback
+from . import _checks, _fallback, _fp8
 from ._fallback import fallback  # noqa: F401  (public: sp24.ffn.fallback(False))
 from ._ffn_autograd import (  # noqa: F401  (public names of sp24.ffn, and what tests inspect)
     _PERM_CACHE, PERMUTATION_SEED, TOKEN_ALIGN, _make_permutation, _SparseReLU2FFN, feature_split,
@@ -151,15 +152,16 @@ def _check_options(x, sparse, permute_tokens, dense_fraction, sparse_backward, g
 
 def _sparse_relu2_ffn(x: Tensor, w1: Tensor, w2: Tensor, b1: Optional[Tensor], b2: Optional[Tensor],
                       dense_fraction: float, permute_tokens: bool, gradient: str, sparse_backward: bool,
-                      amp: Optional[torch.dtype]) -> Tensor:
+                      amp: Optional[torch.dtype], fp8: bool = False) -> Tensor:
     """relu2_ffn(sparse=True) on checked inputs (already in the autocast dtype ``amp``, if any): the
-    automatic dense fallback, else the 2:4 autograd Function on the tokens as one (T, d) matrix."""
+    automatic dense fallback, else the 2:4 autograd Function on the tokens as one (T, d) matrix
+    (fp8: its forward GEMMs in FP8, the inputs already in bf16)."""
     d, Fh = w1.shape[1], w1.shape[0]
     x2d = x.reshape(-1, d)
     T = x2d.shape[0]
     backward = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w1, w2, b1, b2))
     if _fallback.use_dense(x.device, T, d, Fh, x.dtype, backward):
-        return dense_relu2_ffn(x, w1, w2, b1, b2)
+        return _fp8.dense_relu2_ffn(x, w1, w2, b1, b2) if fp8 else dense_relu2_ffn(x, w1, w2, b1, b2)
     if x2d.stride(-1) != 1:
         x2d = x2d.contiguous()
     n_dense = n_dense_features(Fh, dense_fraction)
@@ -167,16 +169,47 @@ def _sparse_relu2_ffn(x: Tensor, w1: Tensor, w2: Tensor, b1: Optional[Tensor], b
     if permute_tokens and T > 1:
         perm, inv_perm = token_permutation(T, x.device)
     args = (x2d, w1, w2, b1, b2, perm, inv_perm, n_dense, (*x.shape[:-1], d), backward,
-            (gradient, bool(sparse_backward)))
+            (gradient, bool(sparse_backward), fp8))
     if amp is not None:
         with torch.autocast(x.device.type, enabled=False):
             return _SparseReLU2FFN.apply(*args)[0]
     return _SparseReLU2FFN.apply(*args)[0]
 
 
+def _fp8_relu2_ffn(x, w1, w2, b1, b2, sparse, dense_fraction, permute_tokens, gradient, sparse_backward, amp):
+    """relu2_ffn(fp8=True): the FFN in bf16 inside (differentiable casts, the output back in x's or
+    the autocast dtype) with its forward GEMMs in FP8 (sp24._fp8)."""
+    out_dtype = amp or x.dtype
+    bf = _fp8.COMPUTE_DTYPE
+    x, w1, w2, b1, b2 = (t.to(bf) if isinstance(t, Tensor) and t.is_floating_point() else t
+                          for t in (x, w1, w2, b1, b2))
+    _check(x, w1, w2, b1, b2, True, dense_fraction)
+    d, Fh = w1.shape[1], w1.shape[0]
+    if d % 16 or Fh % 16:
+        raise ValueError(f"sp24.relu2_ffn: fp8=True needs d and F to be multiples of 16 (the FP8 GEMMs' rule), got "
+                         f"d={d}, F={Fh}; pad the weights with zero rows/columns or use fp8=False")
+    with torch.autocast(x.device.type, enabled=False) if amp is not None else contextlib.nullcontext():
+        if sparse:
+            out = _sparse_relu2_ffn(x, w1, w2, b1, b2, dense_fraction, permute_tokens, gradient, sparse_backward,
+                                    None, fp8=True)
+        else:
+            out = _fp8.dense_relu2_ffn(x, w1, w2, b1, b2)
+    return out.to(out_dtype)
+
+
+def _fp8_wanted(x, fp8) -> bool:
+    """fp8 checked; True where it runs (else, on a GPU without FP8, one warning and the bf16 path)."""
+    if not _checks.check_bool("sp24.relu2_ffn", "fp8", fp8) or not isinstance(x, Tensor):
+        return False
+    if _fp8.available(x.device):
+        return True
+    _fp8.warn_unavailable(x.device)
+    return False
+
+
 def relu2_ffn(x: Tensor, w1: Tensor, w2: Tensor, b1: Optional[Tensor] = None, b2: Optional[Tensor] = None,
               *, sparse: bool = True, dense_fraction: float = 0.05, permute_tokens: bool = True,
-              gradient: str = "24sparse", sparse_backward: bool = True) -> Tensor:
+              gradient: str = "24sparse", sparse_backward: bool = True, fp8: bool = False) -> Tensor:
     """Differentiable Squared-ReLU FFN ``relu(x @ w1.T + b1) ** 2 @ w2.T + b2`` with 2:4 activations.
 
     ``sparse=True`` runs the forward GEMM ``Y2 @ w2.T`` on the row-wise 2:4 of Y2 and the backward
@@ -192,11 +225,9 @@ def relu2_ffn(x: Tensor, w1: Tensor, w2: Tensor, b1: Optional[Tensor] = None, b2
     Defaults differ on purpose: ``sparse=True`` here, but :class:`sp24.nn.ReLU2FFN` starts with
     ``sparse=False`` (dense warm-up first, then ``sp24.nn.set_sparse``).
 
-    ``torch.func``: :func:`torch.func.grad` (and ``vjp``) work; :func:`torch.func.vmap` over ``x``
-    runs one call on all the batch's tokens (forward bit for bit the per-sample result). vmap over
-    the weights, and vmap over a gradient (per-sample gradients, ``vmap(grad(f))``), raise
-    NotImplementedError in sparse mode (the dense mode is plain PyTorch and supports both). No
-    double backward in sparse mode.
+    ``torch.func``: ``grad`` and ``vjp`` work; ``vmap`` over ``x`` runs one call on the whole batch
+    (forward bit for bit the per-sample result); vmap over the weights or over a gradient raises
+    NotImplementedError in sparse mode (dense mode is plain PyTorch). No double backward (sparse).
 
     Args:
         x (Tensor): (..., d) input, any number of tokens (leading dims); fp32, fp16 or bf16.
@@ -216,6 +247,8 @@ def relu2_ffn(x: Tensor, w1: Tensor, w2: Tensor, b1: Optional[Tensor] = None, b2
         sparse_backward (bool): True (default): the weight gradients' 2:4 along the tokens with
             the feature split; False: 2:4 in the forward only, the backward's GEMMs dense (the exact
             gradient of the 2:4 forward with ``gradient="24sparse"``).
+        fp8 (bool): the forward GEMMs in FP8 e4m3, the rest bf16 (docs/DESIGN.md, 'FP8'); d, F
+            multiples of 16. A GPU without FP8 (< sm_89) warns once and runs the bf16 path.
 
     Returns:
         Tensor: (..., d), dtype of x (the autocast dtype under autocast).
@@ -242,6 +275,8 @@ def relu2_ffn(x: Tensor, w1: Tensor, w2: Tensor, b1: Optional[Tensor] = None, b2
     sparse, permute_tokens, dense_fraction, sparse_backward = _check_options(
         x, sparse, permute_tokens, dense_fraction, sparse_backward, gradient)
     amp = _autocast_dtype(x)
+    if _fp8_wanted(x, fp8):
+        return _fp8_relu2_ffn(x, w1, w2, b1, b2, sparse, dense_fraction, permute_tokens, gradient, sparse_backward, amp)
     if not sparse:
         _check(x, w1, w2, b1, b2, False, dense_fraction, same_dtype=amp is None)
         return dense_relu2_ffn(x, w1, w2, b1, b2)

@@ -26,7 +26,8 @@ for _f in (cslt_layout, cslt_meta_bytes, cslt_meta_offset, cslt_pack):
     _f.__module__ = __name__
 del _f
 
-_INT_VIEW = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
+_INT_VIEW = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16,
+             torch.float8_e4m3fn: torch.uint8}
 
 # The one NaN per dtype that sp24's arithmetic writes (relu2 and its backward): the quiet NaN NVIDIA
 # GPUs produce (CUDA's CUDART_NAN_F / CUDART_NAN_FP16 / CUDART_NAN_BF16). A NaN that is only selected

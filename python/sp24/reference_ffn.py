@@ -76,9 +76,11 @@ def forward(x: Tensor, w1: Tensor, w2: Tensor, b1: Optional[Tensor] = None, b2: 
 
 
 def grads(x: Tensor, w1: Tensor, w2: Tensor, b1: Optional[Tensor], b2: Optional[Tensor], dout: Tensor, *,
-          dense_fraction: float = 0.05, perm: Optional[Tensor] = None) -> dict:
-    """The approximate gradients (module docstring) for x (T, d) and dout (T, d): dx, dw1, dw2, db1, db2."""
-    f = forward(x, w1, w2, b1, b2, perm)
+          dense_fraction: float = 0.05, perm: Optional[Tensor] = None, forward_fn=None) -> dict:
+    """The approximate gradients (module docstring) for x (T, d) and dout (T, d): dx, dw1, dw2, db1, db2.
+    forward_fn: the forward whose intermediates the backward uses (default: forward; the FP8 path's
+    is sp24.reference_fp8.ffn_forward, its backward being this one)."""
+    f = (forward_fn or forward)(x, w1, w2, b1, b2, perm)
     dt = x.dtype
     dy3 = dout if perm is None else dout[perm]
     dy2 = (_pad(dy3) @ w2)[: dy3.shape[0]]            # dense GEMM in the input dtype, as the FFN does

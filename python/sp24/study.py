@@ -20,6 +20,11 @@ runs with the same seed see the same data in the same order. The runs (RUNS):
 | no_permutation | as default, `permute_tokens=False` | the token permutation |
 | ste | as default, `gradient="ste"` (dY1 not masked by the forward pattern) | the forward mask in the backward |
 | fwd_only | as default, `sparse_backward=False` (2:4 forward, exact dense backward) | the backward's approximations |
+| fp8_dense | dense throughout, forward GEMMs in FP8 (`fp8=True`, bf16 inside the FFN) | the FP8 baseline |
+| fp8 | FP8 dense warm-up, then 2:4 with the forward GEMMs in FP8 | FP8 2:4 against FP8 dense |
+
+The FP8 runs compute FP8 numerics exactly on the CPU (sp24.reference_fp8's arithmetic, what a GPU
+computes up to its fp32 accumulation order).
 
 Per run the study records the held-out eval loss over training, the per-layer zero fraction of
 relu(Y1)^2 and the fractions of its non-zeros that a 2:4 pass drops row-wise (the forward's pattern)
@@ -75,6 +80,7 @@ class Run:
     permute_tokens: bool = True
     gradient: str = "24sparse"
     sparse_backward: bool = True
+    fp8: bool = False
     tests: str = ""
 
 
@@ -91,6 +97,8 @@ def runs_for(cfg: Config) -> list[Run]:
         Run("no_permutation", 0, w, permute_tokens=False, tests="permute_tokens=False: the token permutation"),
         Run("ste", 0, w, gradient="ste", tests='gradient="ste": dY1 not masked by the forward pattern'),
         Run("fwd_only", 0, w, sparse_backward=False, tests="sparse_backward=False: 2:4 forward only, dense backward"),
+        Run("fp8_dense", 0, None, fp8=True, tests="fp8=True, dense: FP8 forward GEMMs (the FP8 baseline)"),
+        Run("fp8", 0, w, fp8=True, tests="fp8=True: FP8 dense warm-up, then 2:4 with FP8 forward GEMMs"),
     ]
 
 
@@ -118,12 +126,18 @@ def configure(model: torch.nn.Module, run: Run, sparse: bool) -> None:
             m.permute_tokens = run.permute_tokens
             m.gradient = run.gradient
             m.sparse_backward = run.sparse_backward
+            m.fp8 = run.fp8
+
+
+def prefix_key(run: Run) -> tuple:
+    """The dense run whose prefix a run shares: the one of its seed with the same fp8 setting."""
+    return run.seed, run.fp8
 
 
 def shares_prefix(run: Run, cfg: Config) -> bool:
-    """Whether `run` trains its first cfg.warmup steps exactly as the dense run of its seed: a run that
-    switches 2:4 on at the warm-up step is dense until then, and a dense FFN ignores the 2:4 options,
-    with the same seed (initial weights, batches). The study then forks it from that dense run's state
+    """Whether `run` trains its first cfg.warmup steps exactly as the dense run of its seed and fp8
+    setting (prefix_key): a run that switches 2:4 on at the warm-up step is dense until then, and a
+    dense FFN ignores the 2:4 options, with the same seed (initial weights, batches). The study then forks it from that dense run's state
     at the warm-up step instead of recomputing the prefix (bit for bit the same; tested)."""
     return run.sparse_from is not None and run.sparse_from == cfg.warmup and cfg.warmup > 0
 
@@ -217,6 +231,8 @@ def summarize(runs: dict) -> dict:
         out["default_within_1pct"] = abs(gap) <= 0.01
         if out["dense_spread"] is not None:
             out["default_within_seed_noise"] = abs(out["default_mean"] - dm) <= out["dense_spread"]
+    f8, f8d = (runs[n]["final_eval_loss"] if n in runs else None for n in ("fp8", "fp8_dense"))
+    out["fp8_rel_gap_to_fp8_dense"] = f8 / f8d - 1.0 if f8 and f8d else None
     # the paper's ordering of the ablations, best first (PAPER_LOSSES)
     order = [n for n in PAPER_LOSSES if n in runs]
     key = lambda n: math.inf if runs[n]["final_eval_loss"] is None else runs[n]["final_eval_loss"]  # noqa: E731
@@ -265,6 +281,8 @@ def table(doc: dict) -> str:
                      f"({'within' if s['default_within_1pct'] else 'NOT within'} 1%"
                      + ("" if noise is None else f"; {'within' if noise else 'NOT within'} the dense seed spread")
                      + ").")
+    if s.get("fp8_rel_gap_to_fp8_dense") is not None:
+        lines.append(f"FP8 2:4 vs FP8 dense: {s['fp8_rel_gap_to_fp8_dense']:+.2%}.")
     forked = sorted({(r["forked_from"]["run"], r["forked_from"]["step"]) for r in doc["runs"].values()
                      if r.get("forked_from")})
     if forked:
@@ -424,16 +442,16 @@ def _run(args, cfg: Config) -> dict:
     # seed (shares_prefix): with --fork (default) the dense run's state at that step is kept and those
     # runs continue from it. Runs of a seed whose dense run is not asked for train from step 0.
     forked = {r.name for r in wanted if args.fork and shares_prefix(r, cfg)}
-    seeds_forked = {r.seed for r in wanted if r.name in forked}
+    seeds_forked = {prefix_key(r) for r in wanted if r.name in forked}
     order = sorted(wanted, key=lambda r: r.sparse_from is not None)  # dense runs first (stable otherwise)
     snapshots: dict = {}
     with fallback(False):
         for r in order:
-            snap_at = cfg.warmup if r.sparse_from is None and r.seed in seeds_forked else None
-            fork = snapshots.get(r.seed) if r.name in forked else None
+            snap_at = cfg.warmup if r.sparse_from is None and prefix_key(r) in seeds_forked else None
+            fork = snapshots.get(prefix_key(r)) if r.name in forked else None
             res = train_run(r, cfg, train_data, eval_data, args.device, snapshot_at=snap_at, fork=fork)
             if "_snapshot" in res:
-                snapshots[r.seed] = res.pop("_snapshot")
+                snapshots[prefix_key(r)] = res.pop("_snapshot")
             runs[r.name] = res
             if len(runs) < len(order):
                 _write(args, cfg, corpus, runs, t0, load_before, partial=True)

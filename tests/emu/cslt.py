@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 
 LIB_ENV = "SP24_CSLT_LIB"
-TYPE_CODE = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}
+TYPE_CODE = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float8_e4m3fn: 3}
 DONE, ERROR, REFUSED = 0, 1, 2
 
 _lib: Optional[ctypes.CDLL] = None
@@ -89,6 +89,22 @@ def mm(a_buf: torch.Tensor, M: int, K: int, b: torch.Tensor, *, c: Optional[torc
     fn = lib().sp24cslt_mm_on_thread if on_thread else lib().sp24cslt_mm
     rc = fn(device, TYPE_CODE[b.dtype], TYPE_CODE[odt], _i(M), _i(K), _i(N), _p(a_buf), _p(b), _i(b.stride(0)),
             _i(b.stride(1)), _p(c), int(transpose), int(search), _p(d), err, _i(len(err)))
+    _check(rc, err)
+    return d
+
+
+def fp8_mm(a_dense: torch.Tensor, w: torch.Tensor, alpha: torch.Tensor, *, c: Optional[torch.Tensor] = None,
+           out_dtype: torch.dtype = torch.bfloat16, device: int = 0) -> torch.Tensor:
+    """D (M, N) = alpha[:, None] * (A @ w.T) (+ c) through the core's FP8 sequence (try_fp8_mm): A the
+    dense 2:4 e4m3 (M, K), w the row-major (N, K) e4m3 matrix (b = w.T, K-major), alpha (M,) fp32."""
+    assert a_dense.dtype == torch.float8_e4m3fn and w.dtype == torch.float8_e4m3fn and a_dense.is_contiguous()
+    assert w.stride(1) == 1 and w.stride(0) == w.shape[1] and alpha.dtype == torch.float32
+    M, K = a_dense.shape
+    N = w.shape[0]
+    d = torch.empty(M, N, dtype=out_dtype)
+    err = ctypes.create_string_buffer(2048)
+    rc = lib().sp24cslt_fp8_mm(device, TYPE_CODE[out_dtype], _i(M), _i(K), _i(N), _p(a_dense), _p(w), _p(alpha), _p(c),
+                               _p(d), err, _i(len(err)))
     _check(rc, err)
     return d
 

@@ -112,6 +112,16 @@ def to_dense(values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def quantize_rows(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CUDA row quantisation kernel (sparsify24_fp8's second step): (q (M, n) e4m3, scales (M,))."""
+    M, n = values.shape
+    values = values.contiguous()
+    q, scales = poisoned((M, n), torch.uint8), poisoned((M,), torch.float32)
+    _call(lib().sp24emu_quantize_rows, _p(values), _p(q), _p(scales), _i(M), _i(n),
+          DTYPE_CODE[values.dtype])
+    return q.view(torch.float8_e4m3fn), scales
+
+
 def cslt_meta(indices: torch.Tensor) -> torch.Tensor:
     M, H = indices.shape
     meta = poisoned((M * 2 * H // 8,), torch.uint8)

@@ -25,11 +25,13 @@ if not os.environ.get("SP24_EMU_LIB"):
 import emu  # noqa: E402  (tests/emu is on sys.path through this folder's conftest)
 import sp24  # noqa: E402
 from sp24 import reference as ref  # noqa: E402
+from sp24 import reference_fp8 as ref_fp8  # noqa: E402
 
 ops = torch.ops.sp24
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 HALF = [torch.float16, torch.bfloat16]
-INT = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
+INT = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16,
+       torch.float8_e4m3fn: torch.uint8}
 MS = [1, 3, 7, 17, 65, 130]
 KS = [4, 12, 36, 64, 200, 264, 520]  # K % 8 != 0: 4, 12, 36; K % 64 != 0: 4..264 but 64; 2+ column blocks: 264, 520
 CSLT_MS = [64, 128, 192]
@@ -433,4 +435,51 @@ def test_to_dense(dtype, M, K):
     same(what + ": vs CPU", out, ops.sparse24_to_dense(v, i))
     if not garbage:
         same(what + ": vs oracle", out, ref.to_dense(v, i))
+    done()
+
+
+# ---- FP8: the row quantisation kernel (sparsify24_fp8's second step) --------------------------------
+FP8_NS = [2, 18, 40, 300]  # kept values per row: below, at and past one value per lane (32), several per lane
+FP8_DATA = ["randn", "special", "ties", "rows"]
+
+
+def _fp8_input(kind: str, M: int, K: int, dtype, seed: int) -> torch.Tensor:
+    if kind != "rows":
+        return make_data(kind, M, K, dtype, seed) * (1 + seed % 7) ** 3
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(M, K, generator=g).to(dtype)
+    x[::3] = 0  # all-zero rows: scale 1
+    if M > 1:  # one row of tiny values (subnormal scales) and one past e4m3's range before scaling
+        x[1] = (torch.randn(K, generator=g) * 1e-6).to(dtype)
+    if M > 2:
+        x[2, ::2] = float("inf")
+    return x
+
+
+@pytest.mark.parametrize("kind", FP8_DATA)
+@pytest.mark.parametrize("n", FP8_NS)
+@pytest.mark.parametrize("M", [1, 7, 17, 65, 130])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_quantize_rows_e4m3(dtype, M, n, kind):
+    s = seed_of("fp8", dtype, M, n, kind)
+    x = _fp8_input(kind, M, 2 * n, dtype, s)
+    act = "relu2" if s % 2 else None
+    v, i, _ = ops.sparsify24(x, ALGOS[s % 2], act, False)
+    q, scales = emu.quantize_rows(v)
+    what = f"quantize_rows {dtype} ({M}, {n}) {kind} {act}"
+    qc, ic, sc, _ = ops.sparsify24_fp8(x, ALGOS[s % 2], act, False)
+    same(what + ": q vs CPU", q, qc)
+    same(what + ": scales vs CPU", scales, sc)
+    qr, sr = ref_fp8.quantize_rows(v)
+    same(what + ": q vs oracle", q, qr)
+    same(what + ": scales vs oracle", scales, sr)
+    # the whole CUDA chain: the sparsify24 kernel, then the quantisation kernel
+    ve, ie, _, _ = emu.sparsify24(x, ALGOS[s % 2], act == "relu2", False)
+    qe, se = emu.quantize_rows(ve)
+    same(what + ": chain q", qe, qc)
+    same(what + ": chain scales", se, sc)
+    same(what + ": chain indices", ie, ic)
+    qd, sd = ops.quantize_rows_fp8(v)  # the dense op: the same kernel on the kept values
+    same(what + ": quantize_rows_fp8 q", q, qd)
+    same(what + ": quantize_rows_fp8 scales", scales, sd)
     done()

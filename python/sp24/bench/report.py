@@ -55,6 +55,10 @@ _COLUMNS = {
                                                  if k not in ("median_us", "p10_us", "p90_us", "name")))],
 }
 _COLUMNS["crossover"] = _COLUMNS["ffn"]
+_COLUMNS["fp8"] = [("part", lambda r: r["model"]), ("T x d x F", lambda r: f"{r['T']} x {r['d']} x {r['F']}"),
+                   ("op", lambda r: r["name"]), ("us median (p10-p90)", _us),
+                   ("TFLOP/s", lambda r: _f(r.get("tflops"))), ("x clone", lambda r: _f(r.get("ratio_to_clone"), "{:.2f}")),
+                   ("speed-up vs dense FP8", lambda r: _f(r.get("speedup"), "{:.2f}x"))]
 
 
 def table(headers: list[str], rows: list[list]) -> str:
@@ -98,6 +102,10 @@ def _bf16(d, r):
     return r.get("dtype", d["meta"]["dtype"]) == "bfloat16"
 
 
+def _fp8_main(r):
+    return (r["T"], r["d"], r["F"]) == (16384, 4096, 16384)
+
+
 def _ffn_main(mode):
     return lambda d, r: (_bf16(d, r) and r["name"] == "sparse" and r["mode"] == mode
                          and (r["T"], r["d"], r["F"]) == (16384, 4096, 16384))
@@ -123,6 +131,13 @@ TARGETS = [
     # worst case over every measured T, dtype and mode: the automatic fallback must never lose > 2%
     ("FFN with auto fallback, any measured T, worst speed-up", "ffn",
      lambda d, r: r["name"] == "sparse_auto", "speedup", min, 0.98, ">="),
+    # the FP8 path (python -m sp24.bench fp8) at T=16384, d=4096, F=16384
+    ("FP8 relu2 + sparsify + quantise (sparsify24_fp8), x clone", "fp8",
+     lambda d, r: r["name"] == "sparsify24_fp8_relu2" and _fp8_main(r), "ratio_to_clone", min, 1.3, "<="),
+    ("FP8 2:4 GEMM, speed-up vs torch._scaled_mm", "fp8",
+     lambda d, r: r["name"] == "sparse24_fp8_mm" and _fp8_main(r), "speedup", max, 1.5, ">="),
+    ("FP8 FFN forward+backward, speed-up vs FP8 dense", "fp8",
+     lambda d, r: r["name"] == "ffn_fp8_sparse_fwd_bwd" and _fp8_main(r), "speedup", max, 1.2, ">="),
 ]
 
 

@@ -51,7 +51,8 @@ class ReLU2FFN(nn.Module):
     ``.gradient`` (``"24sparse"``, default, or ``"ste"``) and ``.sparse_backward`` (default
     ``True``) are passed to :func:`sp24.relu2_ffn` on the 2:4 path (ablations of the backward's
     approximations, e.g. ``python -m sp24.study``); they are plain attributes of the training
-    recipe, not part of the state_dict's mode.
+    recipe, not part of the state_dict's mode. So is ``.fp8`` (constructor argument ``fp8``,
+    default ``False``): the forward GEMMs in FP8 e4m3, dense or 2:4 (:func:`sp24.relu2_ffn`).
 
     Args:
         d_model (int): model dim d (input and output features).
@@ -82,10 +83,12 @@ class ReLU2FFN(nn.Module):
     """
 
     def __init__(self, d_model: int, d_hidden: int, bias: bool = False, *, sparse: bool = False,
-                 dense_fraction: float = 0.05, names: tuple[str, str] = ("w1", "w2"), device=None, dtype=None):
+                 dense_fraction: float = 0.05, names: tuple[str, str] = ("w1", "w2"), device=None, dtype=None,
+                 fp8: bool = False):
         super().__init__()
         n1, n2 = _check_names("ReLU2FFN", names)
         self._init_flags(sparse, dense_fraction, (n1, n2))
+        self.fp8 = _check_bool("ReLU2FFN", "fp8", fp8)
         self.add_module(n1, nn.Linear(d_model, d_hidden, bias=bias, device=device, dtype=dtype))
         self.add_module(n2, nn.Linear(d_hidden, d_model, bias=bias, device=device, dtype=dtype))
 
@@ -95,6 +98,7 @@ class ReLU2FFN(nn.Module):
         self.permute_tokens = True
         self.gradient = "24sparse"
         self.sparse_backward = True
+        self.fp8 = False
         self.track_stats = False
         self.last_stats: Optional[dict] = None
         self.linear_names = names
@@ -167,19 +171,20 @@ class ReLU2FFN(nn.Module):
         l1, l2 = self._modules[n1], self._modules[n2]
         if self.track_stats:
             self._record_stats(x, l1)
-        if not self.sparse:
+        if not self.sparse and not self.fp8:
             return l2(torch.relu(l1(x)).square())
         weights, why = self._sparse_weights(l1, l2)
         if weights is None:
             where = getattr(self, "_sp24_where", None)
             warnings.warn(f"sp24.nn.ReLU2FFN{f' {where}' if where else ''}: {why}; this FFN runs dense (calling "
-                          f"its modules) instead of 2:4. Remove what stops the 2:4 path, or "
-                          f"set_sparse(model, False) to run dense on purpose and silence this", stacklevel=2)
+                          f"its modules) instead of {'2:4' if self.sparse else 'FP8'}. Remove what stops the sp24 "
+                          f"path, or set_sparse(model, False) (and .fp8 = False) to run dense on purpose and "
+                          f"silence this", stacklevel=2)
             return l2(torch.relu(l1(x)).square())
         w1, w2, b1, b2 = weights
-        return relu2_ffn(x, w1, w2, b1, b2, sparse=True, dense_fraction=self.dense_fraction,
+        return relu2_ffn(x, w1, w2, b1, b2, sparse=self.sparse, dense_fraction=self.dense_fraction,
                          permute_tokens=self.permute_tokens, gradient=self.gradient,
-                         sparse_backward=self.sparse_backward)
+                         sparse_backward=self.sparse_backward, fp8=self.fp8)
 
     @torch.no_grad()
     def _record_stats(self, x: Tensor, l1: nn.Module) -> None:
@@ -224,5 +229,5 @@ class ReLU2FFN(nn.Module):
         l1 = self._modules[self.linear_names[0]]
         base = getattr(l1, "base_layer", l1)
         return (f"d_model={getattr(base, 'in_features', '?')}, d_hidden={getattr(base, 'out_features', '?')}, "
-                f"sparse={self.sparse}, dense_fraction={self.dense_fraction}")
+                f"sparse={self.sparse}, dense_fraction={self.dense_fraction}" + (", fp8=True" if self.fp8 else ""))
 
