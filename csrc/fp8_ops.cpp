@@ -2,6 +2,7 @@
 // python/sp24/reference_fp8.py; the e4m3 rounding: sp24/fp8.h. As in sparse24_ops.cpp, one
 // templated host function per op serves the CPU, Meta and CUDA dispatch keys.
 #include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #ifdef SP24_WITH_CUDA
@@ -91,6 +92,22 @@ std::tuple<at::Tensor, at::Tensor> quantize_rows_fp8(const at::Tensor& x_in) {
 #endif
   }
   return {q, scales};
+}
+
+// sparsify24_transposed of x (T, N) (x[:, columns].T, 2:4 along the tokens), its kept values then
+// quantised per row of the transposed operand: (values (C, T/2) e4m3, indices (C, T/2) uint8,
+// scales (C,) fp32), for the backward's weight-gradient GEMMs. The 16-bit op (through the
+// dispatcher: its CPU, Meta or CUDA kernel), then quantize_rows_fp8's kernel.
+template <Backend B>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sparsify24_transposed_fp8(const at::Tensor& x, c10::string_view algo,
+                                                                         const std::optional<at::Tensor>& columns) {
+  static const auto transposed = c10::Dispatcher::singleton()
+                                     .findSchemaOrThrow("sp24::sparsify24_transposed", "")
+                                     .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, c10::string_view,
+                                                                               const std::optional<at::Tensor>&)>();
+  auto [kept, indices] = transposed.call(x, algo, columns);
+  auto [values, scales] = quantize_rows_fp8<B>(kept);
+  return {values, indices, scales};
 }
 
 // The dense e4m3 (M, K) of a 2:4 e4m3 matrix in canonical form: its bytes scattered to the kept
@@ -228,6 +245,7 @@ at::Tensor sparse24_fp8_mm(const at::Tensor& values, const at::Tensor& indices, 
 #define SP24_REGISTER_FP8(B)                            \
   m.impl("sparsify24_fp8", &sparsify24_fp8<B>);          \
   m.impl("quantize_rows_fp8", &quantize_rows_fp8<B>);    \
+  m.impl("sparsify24_transposed_fp8", &sparsify24_transposed_fp8<B>); \
   m.impl("sparse24_fp8_mm", &sparse24_fp8_mm<B>);
 
 TORCH_LIBRARY_IMPL(sp24, CPU, m) { SP24_REGISTER_FP8(Backend::kCPU) }

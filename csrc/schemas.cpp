@@ -51,6 +51,10 @@ TORCH_LIBRARY(sp24, m) {
   // Row-wise e4m3 quantisation of a dense x (M, n): (q (M, n) float8_e4m3fn, scales (M,) fp32), the
   // rule of sparsify24_fp8's values.
   m.def("quantize_rows_fp8(Tensor x) -> (Tensor q, Tensor scales)");
+  // sparsify24_transposed (2:4 along the tokens of x[:, columns].T), its kept values quantised per
+  // row of the transposed operand: (values (C, T/2) float8_e4m3fn, indices (C, T/2), scales (C,)).
+  m.def("sparsify24_transposed_fp8(Tensor x, str algo=\"largest_abs\", Tensor? columns=None)"
+        " -> (Tensor values, Tensor indices, Tensor scales)");
   // (A * a_scales[:, None]) @ (b * b_scales[None, :]) (+ bias), bf16 (M, N), for the 2:4 e4m3 A (M, K)
   // and b (K, N) e4m3 K-major; b_scales (N,) or (1,). validate_scales: refuse a non-finite or
   // non-positive scale (one host sync on CUDA).

@@ -108,6 +108,22 @@ def test_quantize_rows_fp8_bits_vs_reference(dtype, kind):
         assert_bits_equal(s, sr, f"scales {dtype} {kind} {tuple(t.shape)}")
 
 
+@pytest.mark.parametrize("kind", list(INPUTS))
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+def test_sparsify24_transposed_fp8_bits_vs_reference(dtype, kind):
+    x = INPUTS[kind](40, 36, dtype, 8)
+    cols = torch.tensor([5, 0, 35, 17, 17, 2])
+    for c in (None, cols):
+        got = ops.sparsify24_transposed_fp8(x, "largest_abs", c)
+        want = rf.sparsify24_transposed_fp8(x, "largest_abs", c)
+        for name, g, w in zip(("values", "indices", "scales"), got, want):
+            assert_bits_equal(g, w, f"{name} {dtype} {kind} columns={c is not None}")
+    v, i, s = ops.sparsify24_transposed_fp8(torch.empty(40, 36, dtype=dtype, device="meta"), "largest", cols.to("meta"))
+    assert (v.shape, v.dtype, i.shape, s.shape) == ((6, 20), E4M3, (6, 20), (6,))
+    with pytest.raises(ValueError, match=r"sp24.sparsify24_transposed: x.size\(0\) .* must be a multiple of 4"):
+        ops.sparsify24_transposed_fp8(x[:38], "largest_abs", None)
+
+
 def test_fp32_rows_too_small_for_amax_over_448():
     x = torch.tensor([[1e-45, -2e-45, 0.0, 1e-45], [1e-44, 0, 0, 0], [1e-38, 1e-39, 0, 0]], dtype=torch.float32)
     q, s = ops.quantize_rows_fp8(x)
@@ -261,6 +277,7 @@ def test_opcheck(device):
     torch.library.opcheck(ops.sparsify24_fp8.default, (x, "largest", "relu2", True), test_utils=OPCHECKS)
     torch.library.opcheck(ops.sparsify24_fp8.default, (x.half(), "largest_abs", None, False), test_utils=OPCHECKS)
     torch.library.opcheck(ops.quantize_rows_fp8.default, (x.float(),), test_utils=OPCHECKS)
+    torch.library.opcheck(ops.sparsify24_transposed_fp8.default, (x, "largest_abs", None), test_utils=OPCHECKS)
     v, i, s, b, bs, bb = (t.to(device) for t in _gemm_case(32, 64, 16))
     torch.library.opcheck(ops.sparse24_fp8_mm.default, (v, i, s, b, bs, bb, True), test_utils=OPCHECKS)
     with pytest.raises(Exception, match="not implemented for 'Float8_e4m3fn'"):  # why test_schema is left out
@@ -287,6 +304,18 @@ def test_cuda_sparsify24_fp8_bits(dtype):
     x = _rows_input(300, 264, dtype, 8)
     got = ops.sparsify24_fp8(x.cuda(), "largest", "relu2", True)
     want = ops.sparsify24_fp8(x, "largest", "relu2", True)
+    for g, w in zip(got, want):
+        assert_bits_equal(g.cpu(), w)
+
+
+@requires_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+def test_cuda_sparsify24_transposed_fp8_bits(dtype):
+    x = _rows_input(264, 300, dtype, 9)
+    cols = torch.randperm(300, generator=gen(1))[:200]
+    got = ops.sparsify24_transposed_fp8(x.cuda(), "largest_abs", cols.cuda())
+    want = ops.sparsify24_transposed_fp8(x, "largest_abs", cols)
     for g, w in zip(got, want):
         assert_bits_equal(g.cpu(), w)
 

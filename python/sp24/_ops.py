@@ -178,6 +178,13 @@ def sparsify24_fp8(x: Tensor, algo: str = "largest", activation: Optional[str] =
     return _ops.sparsify24_fp8(x, algo, activation, with_counts)
 
 
+def sparsify24_transposed_fp8(x: Tensor, algo: str = "largest_abs",
+                              columns: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
+    """sparsify24_transposed of x (T, N), its kept values quantised to e4m3 per row of the transposed
+    operand: (values (C, T/2) float8_e4m3fn, indices (C, T/2) uint8, scales (C,) float32)."""
+    return _ops.sparsify24_transposed_fp8(x, algo, columns)
+
+
 def quantize_rows_fp8(x: Tensor) -> tuple[Tensor, Tensor]:
     """x (M, n) as e4m3 with one fp32 scale per row: (q (M, n) float8_e4m3fn, scales (M,))."""
     return _ops.quantize_rows_fp8(x)
@@ -192,4 +199,4 @@ def fp8_mm(values: Tensor, indices: Tensor, a_scales: Tensor, b: Tensor, b_scale
     return _ops.sparse24_fp8_mm(values, indices, a_scales, b, b_scales, bias, validate_scales)
 
 
-OP_NAMES = OP_NAMES + ("sparsify24_fp8", "quantize_rows_fp8", "sparse24_fp8_mm")
+OP_NAMES = OP_NAMES + ("sparsify24_fp8", "sparsify24_transposed_fp8", "quantize_rows_fp8", "sparse24_fp8_mm")

@@ -82,6 +82,15 @@ def sparsify24_fp8(x: Tensor, algo: str = "largest", activation: Optional[str] =
     return q, idx, scales, counts
 
 
+def sparsify24_transposed_fp8(x: Tensor, algo: str = "largest_abs",
+                              columns: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
+    """(values, indices, scales): sparsify24_transposed's 2:4 along the tokens of x[:, columns].T,
+    its kept values quantised per row of that transposed operand (quantize_rows)."""
+    v, idx = reference.sparsify24_transposed(x, algo, columns)
+    q, scales = quantize_rows(v)
+    return q, idx, scales
+
+
 def to_dense_fp8(values: Tensor, indices: Tensor) -> Tensor:
     """The dense e4m3 (M, K) of a 2:4 e4m3 matrix: its values at the kept positions, +0 elsewhere."""
     return reference.to_dense(values, indices)

@@ -483,3 +483,20 @@ def test_quantize_rows_e4m3(dtype, M, n, kind):
     same(what + ": quantize_rows_fp8 q", q, qd)
     same(what + ": quantize_rows_fp8 scales", scales, sd)
     done()
+
+
+@pytest.mark.parametrize("T,N", [(4, 3), (36, 17), (64, 65), (200, 130)])
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+def test_sparsify24_transposed_fp8_chain(dtype, T, N):
+    """sparsify24_transposed_fp8 on CUDA: the transposed kernel, then the row quantisation kernel."""
+    s = seed_of("tfp8", dtype, T, N)
+    x = make_data(DATA[s % 3], T, N, dtype, s)
+    cols = torch.randperm(N, generator=torch.Generator().manual_seed(s))[: max(1, N - 2)]
+    tv, ti = emu.sparsify24_transposed(x, "largest_abs", cols)
+    q, sc = emu.quantize_rows(tv)
+    what = f"sparsify24_transposed_fp8 {dtype} ({T}, {N})"
+    qc, ic, scc = ops.sparsify24_transposed_fp8(x, "largest_abs", cols)
+    same(what + ": values", q, qc)
+    same(what + ": indices", ti, ic)
+    same(what + ": scales", sc, scc)
+    done()
