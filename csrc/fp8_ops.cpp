@@ -111,11 +111,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparsify24_transposed_fp8(const a
 }
 
 // The dense e4m3 (M, K) of a 2:4 e4m3 matrix in canonical form: its bytes scattered to the kept
-// positions, zeros (0x00 = +0) elsewhere. Plain ATen, so the same on every device.
+// positions, zeros (0x00 = +0) elsewhere. Plain ATen, so the same on every device, and the 16-bit
+// decompression's rule for malformed indices: each index taken & 3 (never out of bounds), and of
+// two equal ones the second value wins (two scatters, in order: deterministic on CUDA too).
 at::Tensor e4m3_to_dense(const at::Tensor& values, const at::Tensor& indices) {
   const int64_t M = values.size(0), H = values.size(1);
   auto dense = at::zeros({M, H / 2, 4}, values.options().dtype(at::kByte));
-  dense.scatter_(2, indices.reshape({M, H / 2, 2}).to(at::kLong), values.view(at::kByte).reshape({M, H / 2, 2}));
+  const auto idx = indices.reshape({M, H / 2, 2}).bitwise_and(3).to(at::kLong);
+  const auto v = values.view(at::kByte).reshape({M, H / 2, 2});
+  for (int64_t s = 0; s < 2; ++s) dense.scatter_(2, idx.narrow(2, s, 1), v.narrow(2, s, 1));
   return dense.view({M, 2 * H}).view(at::kFloat8_e4m3fn);
 }
 
@@ -146,8 +150,8 @@ at::Tensor fp8_mm_cuda(const char* op, const at::Tensor& dense, const at::Tensor
   }
   cslt::warn_fallback(op, why);
   const auto sb = b_scales.size(0) == 1 ? b_scales.expand({N}) : b_scales;
-  return at::_scaled_mm(dense, b, a_scales.reshape({-1, 1}), sb.reshape({1, -1}).contiguous(), bias, std::nullopt,
-                        at::kBFloat16, false);
+  return at::_scaled_mm(dense, b, a_scales.reshape({-1, 1}).contiguous(), sb.reshape({1, -1}).contiguous(), bias,
+                        std::nullopt, at::kBFloat16, false);
 }
 #endif
 

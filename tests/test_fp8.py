@@ -124,11 +124,13 @@ def test_sparsify24_transposed_fp8_bits_vs_reference(dtype, kind):
         ops.sparsify24_transposed_fp8(x[:38], "largest_abs", None)
 
 
-def test_fp32_rows_too_small_for_amax_over_448():
-    x = torch.tensor([[1e-45, -2e-45, 0.0, 1e-45], [1e-44, 0, 0, 0], [1e-38, 1e-39, 0, 0]], dtype=torch.float32)
+def test_rows_too_small_for_a_normal_scale():
+    x = torch.tensor([[1e-45, -2e-45, 0.0, 1e-45], [1e-37, 0, 0, 0], [1e-33, 1e-34, 0, 0]], dtype=torch.float32)
     q, s = ops.quantize_rows_fp8(x)
-    assert s[0].view(torch.int32).item() == 1  # 2^-149: amax / 448 underflowed to 0
-    assert bool(torch.isfinite(q.float()).all())
+    # amax / 448 is subnormal for the first two rows: the scale is 2^-126, the smallest normal float
+    assert s[:2].view(torch.int32).tolist() == [0x00800000, 0x00800000]
+    assert s[2].item() == pytest.approx(1e-33 / 448, rel=1e-6)
+    assert bool(torch.isfinite(q.float()).all()) and bool((q.float().abs() <= 448).all())
     assert_bits_equal(q, rf.quantize_rows(x)[0])
     assert_bits_equal(s, rf.quantize_rows(x)[1])
 
@@ -225,6 +227,26 @@ def test_fp8_mm_nan_rows_propagate_without_validation():
         ops.sparse24_fp8_mm(v, i, s, b, bs, None, True)
 
 
+def test_fp8_mm_malformed_indices_follow_the_16bit_rule():
+    v, i, s, b, bs, _ = _gemm_case(32, 64, 16, bias=False)
+    bad = torch.randint(0, 256, i.shape, generator=gen(3), dtype=torch.uint8)  # repeats, >= 4
+    dense16 = ops.sparse24_to_dense(v.float().bfloat16(), bad)  # & 3, the second of two equal wins
+    want = rf.dense_mm_fp8(rf.e4m3(dense16.float()), s, b, bs)
+    assert_bits_equal(ops.sparse24_fp8_mm(v, bad, s, b, bs, None, True), want)
+
+
+def test_per_tensor_quantisation_is_the_row_rule_on_the_flat_view():
+    from sp24 import _fp8
+
+    for kind in INPUTS:
+        w = INPUTS[kind](24, 40, torch.bfloat16, 6)
+        q, s = _fp8.quantize_tensor(w)
+        qr, sr = rf.quantize_tensor(w)
+        assert_bits_equal(q, qr, kind)
+        assert_bits_equal(s, sr, kind)
+        assert s.shape == (1,) and q.shape == w.shape
+
+
 def _refusals():
     v, i, s, b, bs, bb = _gemm_case(32, 64, 16)
     mm = ops.sparse24_fp8_mm
@@ -318,6 +340,19 @@ def test_cuda_sparsify24_transposed_fp8_bits(dtype):
     want = ops.sparsify24_transposed_fp8(x, "largest_abs", cols)
     for g, w in zip(got, want):
         assert_bits_equal(g.cpu(), w)
+
+
+@requires_cuda
+@pytest.mark.gpu
+def test_cuda_per_tensor_quantisation_bits():
+    from sp24 import _fp8
+
+    w = _rows_input(64, 96, torch.bfloat16, 4)[4:]  # finite rows
+    for t in (w, w[:1] * 0):
+        got = _fp8.quantize_tensor(t.cuda())
+        want = _fp8.quantize_tensor(t)
+        for g, e in zip(got, want):
+            assert_bits_equal(g.cpu(), e)
 
 
 @requires_cuda

@@ -107,18 +107,14 @@ struct E4M3RowStats {
   SP24_HD bool finite() const { return amax <= 3.402823466e38f; }
 };
 
-// amax / 448 in fp32; 1 for amax == 0; the smallest positive float where amax / 448 underflows to 0
-// (fp32 rows of magnitude below 448 * 2^-150; every value / scale then stays within +-448); the
-// canonical NaN for a non-finite row.
+// amax / 448 in fp32; 1 for amax == 0; at least 2^-126, the smallest normal float (a row below
+// 448 * 2^-126 gets that scale: every value / scale stays within +-448, and no scale is subnormal,
+// which a flush-to-zero mode would read as 0); the canonical NaN for a non-finite row.
 SP24_HD float e4m3_row_scale(const E4M3RowStats& s) {
   if (!s.finite()) return canonical_nan();
   if (s.amax == 0.f) return 1.f;
   const float scale = s.amax / kE4M3Max;
-  if (scale != 0.f) return scale;
-  const uint32_t tiny = 1u;
-  float t;
-  __builtin_memcpy(&t, &tiny, sizeof(t));
-  return t;
+  return scale < 1.17549435e-38f ? 1.17549435e-38f : scale;
 }
 
 SP24_HD uint8_t e4m3_quantize(float v, float scale, bool finite) {

@@ -19,6 +19,8 @@ PERMUTATION_SEED = 0x5EED24
 # GEMM dim to be a multiple of 16). Appended zero rows change no result: they add nothing to a
 # product and every 2:4 group of real tokens stays as it is.
 TOKEN_ALIGN = 16
+# In FP8 mode (options[2]) a multiple of 32: cuSPARSELt's 8-bit structured operand needs M % 32 == 0.
+FP8_TOKEN_ALIGN = 32
 
 
 # --------------------------------------------------------------------------------------------
@@ -116,9 +118,9 @@ class _SparseReLU2FFN(torch.autograd.Function):
     @staticmethod
     def forward(x2d, w1, w2, b1, b2, perm, inv_perm, n_dense, out_shape, need_counts, options):
         T, d = x2d.shape
-        pad = (-T) % TOKEN_ALIGN
-        X = _pad_rows(x2d if perm is None else x2d.index_select(0, perm), pad)
         fp8 = options[2]  # the forward GEMMs in FP8 (sp24._fp8); the backward is the same either way
+        pad = (-T) % (FP8_TOKEN_ALIGN if fp8 else TOKEN_ALIGN)
+        X = _pad_rows(x2d if perm is None else x2d.index_select(0, perm), pad)
         y1 = _fp8.forward_gemms(X, w1, b1) if fp8 else F_.linear(X, w1, b1)
         # the counts drive the feature split, a backward-only need
         values, indices, counts = _ops.sparsify24(y1, "largest", "relu2", need_counts)

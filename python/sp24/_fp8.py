@@ -50,9 +50,22 @@ def warn_unavailable(device: torch.device) -> None:
 
 
 def quantize_tensor(w: Tensor) -> tuple[Tensor, Tensor]:
-    """w as e4m3 with one fp32 scale (1,) for the whole tensor (the row rule on a (1, numel) view)."""
-    q, s = _ops.quantize_rows_fp8(w.reshape(1, -1))
-    return q.view(w.shape), s
+    """w as e4m3 with one fp32 scale (1,) for the whole tensor: the bits of the row rule on its
+    (1, numel) view (sp24.reference_fp8.quantize_tensor), with a whole-tensor reduction and one
+    elementwise pass (quantize_rows_fp8 would give one (1, numel) row to a single warp)."""
+    if w.numel() == 0:
+        q, s = _ops.quantize_rows_fp8(w.reshape(1, -1))
+        return q.view(w.shape), s
+    wf = w.float()
+    amax = wf.abs().amax()  # exact in any order; NaN if w holds one
+    scale = torch.clamp_min(amax / torch.full_like(amax, reference_fp8.E4M3_MAX), reference_fp8.SCALE_MIN)
+    scale = torch.where(amax == 0, torch.ones_like(amax), scale)
+    finite = torch.isfinite(amax)
+    nan = torch.full_like(amax, 0).view(torch.int32).fill_(reference_fp8.SCALE_NAN_BITS).view(torch.float32)
+    scale = torch.where(finite, scale, nan)
+    q = reference_fp8.e4m3(wf / scale)
+    q = torch.where(finite, q.view(torch.uint8), torch.full_like(q.view(torch.uint8), reference_fp8.E4M3_NAN_BITS))
+    return q.view(reference_fp8.E4M3), scale.reshape(1)
 
 
 def dense_mm(a: Tensor, a_scales: Tensor, b: Tensor, b_scales: Tensor, bias: Optional[Tensor]) -> Tensor:
@@ -62,7 +75,7 @@ def dense_mm(a: Tensor, a_scales: Tensor, b: Tensor, b_scales: Tensor, bias: Opt
     if a.device.type != "cuda":
         return reference_fp8.dense_mm_fp8(a, a_scales, b, b_scales, bias)
     sb = b_scales.expand(b.shape[1]) if b_scales.numel() == 1 else b_scales
-    return torch._scaled_mm(a, b, scale_a=a_scales.reshape(-1, 1), scale_b=sb.reshape(1, -1).contiguous(),
+    return torch._scaled_mm(a, b, scale_a=a_scales.reshape(-1, 1).contiguous(), scale_b=sb.reshape(1, -1).contiguous(),
                             bias=bias, out_dtype=COMPUTE_DTYPE)
 
 
@@ -98,7 +111,7 @@ class _FP8Linear(torch.autograd.Function):
 
 
 def _pad16(x2d: Tensor) -> Tensor:
-    pad = (-x2d.shape[0]) % 16  # the FP8 GEMMs take dims that are multiples of 16
+    pad = (-x2d.shape[0]) % 16  # torch._scaled_mm takes dims that are multiples of 16
     return torch.nn.functional.pad(x2d, (0, 0, 0, pad)) if pad else x2d
 
 

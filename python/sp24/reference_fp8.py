@@ -7,8 +7,8 @@ within fp32-accumulation tolerance, like the 16-bit ones).
   ties to even, and **saturates**: a magnitude past 448 (Inf included) becomes +-448. NaN becomes
   0x7F with its sign bit. (torch's own cast does not saturate, so `e4m3` clamps first.)
 * **Row scale** of a row of values v (fp32, exact from the input dtype): amax = max |v|; scale =
-  amax / 448 in fp32; a row whose amax is 0 (or that has no values) gets scale 1; where amax / 448
-  underflows to 0 (fp32 rows below 448 * 2^-150) the scale is the smallest positive float, 2^-149.
+  max(amax / 448, 2^-126) in fp32 (no subnormal scale: rows below 448 * 2^-126 get 2^-126, so
+  every value / scale stays within +-448); a row whose amax is 0 (or that has no values) gets 1.
 * **Quantised values**: q = e4m3(v / scale), the division in fp32.
 * **Non-finite rows**: a row whose amax is not finite (a kept NaN or +-Inf) gets scale NaN
   (0x7FFFFFFF) and all its values NaN (0x7F). Its product row is then NaN, where the dense FFN's is
@@ -32,6 +32,7 @@ from . import reference
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = 448.0
 SCALE_NAN_BITS = 0x7FFFFFFF  # the scale of a non-finite row (sp24's canonical fp32 NaN)
+SCALE_MIN = 2.0 ** -126  # the smallest scale: the smallest normal float
 E4M3_NAN_BITS = 0x7F
 
 
@@ -47,10 +48,9 @@ def row_scales(v: Tensor) -> Tensor:
     if v.shape[-1] == 0:
         return torch.ones(v.shape[:-1], dtype=torch.float32, device=v.device)
     amax = v.abs().amax(dim=-1)
-    scale = amax / E4M3_MAX
-    # amax / 448 underflows to 0 only for fp32 rows below 448 * 2^-150: the smallest positive float
-    scale = torch.where(scale == 0, torch.full_like(scale, 2.0 ** -149),
-                        scale)
+    # true division by a tensor (a CPU-scalar divisor is a multiplication by its reciprocal on CUDA)
+    scale = amax / torch.full_like(amax, E4M3_MAX)
+    scale = torch.clamp_min(scale, SCALE_MIN)  # no subnormal scale (rows below 448 * 2^-126)
     scale = torch.where(amax == 0, torch.ones_like(amax), scale)
     nan = torch.tensor(SCALE_NAN_BITS, dtype=torch.int32, device=v.device).view(torch.float32)
     return torch.where(torch.isfinite(amax), scale, nan)
