@@ -1,4 +1,4 @@
-"""ReLU2FFN under DistributedDataParallel and FSDP2 (fully_shard): 2 CPU processes, gloo.
+"""ReLU2FFN and ReLU2Experts under DistributedDataParallel and FSDP2 (fully_shard): 2 CPU processes, gloo.
 
 What "same gradients" means:
   * dense mode: the data-parallel gradient equals the one-process gradient on the whole batch
@@ -36,6 +36,21 @@ def _model(sparse):
     import sp24
     torch.manual_seed(0)
     return sp24.nn.ReLU2FFN(16, 64, bias=True, sparse=sparse, dense_fraction=0.25)
+
+
+class _MoE(torch.nn.Module):
+    # a router (top-2 of 4, softmax weights) and sp24.nn.ReLU2Experts, as an MoE layer routes
+    def __init__(self, sparse):
+        super().__init__()
+        import sp24
+        torch.manual_seed(0)
+        self.router = torch.nn.Linear(16, 4, bias=False)
+        self.experts = sp24.nn.ReLU2Experts(4, 16, 32, sparse=sparse, dense_fraction=0.25)
+
+    def forward(self, x):
+        h = x.reshape(-1, x.shape[-1])
+        w, idx = self.router(h).softmax(-1).topk(2, dim=-1)
+        return self.experts(h, idx, w).view(x.shape)
 
 
 def _grads(model, x, dout):
@@ -99,6 +114,23 @@ def _worker(rank, out_dir):
             results[f"fsdp2_{tag}"] = f"FSDP2 unavailable here: {type(e).__name__}: {e}"
         _progress(out_dir, rank, results, f"fsdp2_{tag}")
 
+        # an MoE layer (router + routed experts): FSDP2 on the experts and the root
+        ref = _MoE(sparse)
+        per_shard = [_grads(ref, xs, ds) for xs, ds in shards]
+        want_moe = {n: sum(g[n] for g in per_shard) / WORLD for n in per_shard[0]}
+        try:
+            from torch.distributed.fsdp import fully_shard
+            model = _MoE(sparse)
+            fully_shard(model.experts)
+            fully_shard(model)
+            (model(xr) * dr).sum().backward()
+            got = {n: p.grad.full_tensor() for n, p in model.named_parameters()}
+            results[f"fsdp2_moe_{tag}"] = _rel_err(got, want_moe)
+            del model, got
+        except (ImportError, NotImplementedError, RuntimeError) as e:
+            results[f"fsdp2_moe_{tag}"] = f"FSDP2 unavailable here: {type(e).__name__}: {e}"
+        _progress(out_dir, rank, results, f"fsdp2_moe_{tag}")
+
     # Tear down in a fixed order while both ranks are alive: DDP and FSDP2 modules hold the process
     # group inside reference cycles, and letting the interpreter's exit free it (after the peer may
     # be gone) aborted a rank in CI ("terminate called without an active exception").
@@ -144,6 +176,15 @@ def test_sparse_sharding_changes_the_approximation(results):
 @pytest.mark.parametrize("mode", ["dense", "sparse"])
 def test_fsdp2_gradients(results, mode):
     r = results[f"fsdp2_{mode}"]
+    if isinstance(r, str):
+        pytest.skip(r)
+    assert r <= TOL, results
+
+
+@pytest.mark.parametrize("mode", ["dense", "sparse"])
+def test_fsdp2_moe_gradients(results, mode):
+    # routed experts sharded by FSDP2 (dim 0 of the (E, F, d) stacks): each rank routes its own tokens
+    r = results[f"fsdp2_moe_{mode}"]
     if isinstance(r, str):
         pytest.skip(r)
     assert r <= TOL, results

@@ -43,14 +43,14 @@ def test_set_sparse_counts_and_toggles():
     assert all(m.sparse is True for m in model.modules() if isinstance(m, sp24.nn.ReLU2FFN))
     assert sp24.nn.set_sparse(model, False) == 2
     assert all(m.sparse is False for m in model.modules() if isinstance(m, sp24.nn.ReLU2FFN))
-    with pytest.warns(UserWarning, match=r"sp24.nn.set_sparse: Linear has no sp24.nn.ReLU2FFN module, so nothing "
+    with pytest.warns(UserWarning, match=r"sp24.nn.set_sparse: Linear has no sp24.nn.ReLU2FFN nor sp24 experts module, so nothing "
                                          r"is switched to 2:4 and the model trains dense; call sp24.nn.convert"):
         assert sp24.nn.set_sparse(nn.Linear(2, 2), True) == 0
 
 
 def test_dense_warmup_warns_on_a_model_without_sp24_ffns():
     """A user who forgot convert() must not train dense while believing it is 2:4."""
-    with pytest.warns(UserWarning, match=r"sp24.nn.DenseWarmup: Sequential has no sp24.nn.ReLU2FFN module"):
+    with pytest.warns(UserWarning, match=r"sp24.nn.DenseWarmup: Sequential has no sp24.nn.ReLU2FFN nor sp24 experts module"):
         sp24.nn.DenseWarmup(nn.Sequential(nn.Linear(4, 4)), steps=2)
 
 

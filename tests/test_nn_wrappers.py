@@ -107,7 +107,7 @@ def test_convert_report(caplog):
     assert out is model and report.swapped == ["mlp"] and isinstance(model["mlp"], sp24.nn.ReLU2FFN)
     reasons = dict(report.skipped)
     assert set(reasons) == {"experts", "gated", "scaled"}
-    assert "MoE experts with 3-D weights up_proj/down_proj (4, 32, 16)" in reasons["experts"]
+    assert "MoE experts up_proj/down_proj (4, 32, 16) without an act_fn" in reasons["experts"]
     assert "not the Squared-ReLU FFN of its Linears" in reasons["gated"]
     assert "holds state besides its two Linears (scale)" in reasons["scaled"]
     assert "sp24.nn.convert: swapped 1, skipped 3" in caplog.text and "skipped experts: MoE" in caplog.text

@@ -8,7 +8,8 @@ Public API (docs/DESIGN.md, 'Public API'):
     sparsify24, sparsify24_transposed  2:4 sparsification (row-wise / along the tokens)
     Sp24Tensor, mm                     a 2:4 matrix and its product with a dense one
     relu2_ffn                          the differentiable 2:4 Squared-ReLU FFN
-    nn                                 ReLU2FFN module, set_sparse, DenseWarmup, convert
+    relu2_experts                      routed MoE Squared-ReLU experts, each through relu2_ffn
+    nn                                 ReLU2FFN, ReLU2Experts, set_sparse, DenseWarmup, convert
     stats, build_info                  activation sparsity; how this build was made
     reference                          the pure-PyTorch oracle: the semantics, stated once
 
@@ -50,6 +51,7 @@ from . import reference  # noqa: E402
 from .api import build_info, mm, sparsify24, sparsify24_transposed, stats  # noqa: E402
 from .tensor import Sp24Tensor  # noqa: E402
 from .ffn import relu2_ffn  # noqa: E402  (the 2:4 FFN)
+from .experts import relu2_experts  # noqa: E402  (routed MoE experts, each through relu2_ffn)
 from . import nn  # noqa: E402
 
 __version__ = "0.1.0"
@@ -63,5 +65,6 @@ __all__ = [
     "sparsify24_transposed",
     "stats",
     "relu2_ffn",
+    "relu2_experts",
     "nn",
 ]

@@ -3,6 +3,7 @@
     ffn = sp24.nn.ReLU2FFN(d_model, d_hidden)          # dense (sparse=False) by default
     model, report = sp24.nn.convert(model, return_report=True)   # swap Squared-ReLU MLPs in place
     warm = sp24.nn.DenseWarmup(model, steps=1000)      # dense warm-up, then 2:4 fwd + bwd
+    experts = sp24.nn.ReLU2Experts(E, d_model, d_hidden)  # routed MoE experts (convert swaps HF's in place)
     ... each optimizer step: warm.step()
 
 Checkpoints. A converted block keeps the attribute names of its Linears (`mlp.up_proj`,
@@ -34,12 +35,13 @@ the ReLU2FFN call; on the 2:4 path its Linears are not called, so they do not se
 
 from __future__ import annotations
 
+from .experts import ReLU2Experts
 from .conversion import LINEAR_PAIRS, RELU2_NAMES, ConvertReport, convert, log
 from .ffn import MODE_KEY, ReLU2, ReLU2FFN
 from .state import load_mode, without_mode
 from .warmup import DenseWarmup, set_sparse
 
-__all__ = ["ReLU2", "ReLU2FFN", "set_sparse", "convert", "ConvertReport", "DenseWarmup", "load_mode",
+__all__ = ["ReLU2", "ReLU2FFN", "ReLU2Experts", "set_sparse", "convert", "ConvertReport", "DenseWarmup", "load_mode",
            "without_mode"]
 
 

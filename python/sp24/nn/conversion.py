@@ -11,19 +11,11 @@ from torch import Tensor, nn
 
 from ._args import _check_bool, _check_fraction, _check_module
 from .adapters import _base_linear, _chain
-from .ffn import ReLU2, ReLU2FFN
+from ._detect import LINEAR_PAIRS, RELU2_NAMES, _fake_or_meta, _is_relu2  # noqa: F401  (public names)
+from .experts import _ExpertsMode, convert_experts, experts_layout, verify_experts
+from .ffn import ReLU2FFN
 
 log = logging.getLogger("sp24.nn")
-
-# Activation classes taken for Squared-ReLU by name (other libraries' spellings) besides ReLU2;
-# "relusquaredactivation" is transformers' ACT2FN["relu2"].
-RELU2_NAMES = {"relu2", "squaredrelu", "relusquared", "relusquare", "squared_relu", "relu_squared",
-               "relusquaredactivation"}
-# (first, second) Linear attribute names of MLP blocks in common model code; dense_h_to_4h /
-# dense_4h_to_h: GPT-NeoX style (Persimmon, Fuyu).
-LINEAR_PAIRS = (("fc1", "fc2"), ("w1", "w2"), ("c_fc", "c_proj"), ("up_proj", "down_proj"),
-                ("dense_h_to_4h", "dense_4h_to_h"), ("linear1", "linear2"), ("lin1", "lin2"))
-
 
 @dataclasses.dataclass
 class ConvertReport:
@@ -31,7 +23,7 @@ class ConvertReport:
 
     Skipped are the candidates it looked at and left alone: blocks with a known Linear-pair name
     whose forward is not a Squared-ReLU FFN (gated, GELU, ...), blocks with extra state, wrapped
-    Linears, and MoE experts stored as 3-D weights (sp24 has no grouped 2:4 FFN: they stay dense).
+    Linears, and MoE experts modules of a layout sp24 does not support (gated, other activations).
     ``str(report)`` is the text that convert logs (logger ``sp24.nn``, INFO).
 
     Args:
@@ -54,10 +46,6 @@ class ConvertReport:
         return "\n".join(lines)
 
 
-def _is_relu2(m: nn.Module) -> bool:
-    return isinstance(m, ReLU2) or type(m).__name__.lower() in RELU2_NAMES
-
-
 def _pair_names(m: nn.Module):
     """(name1, name2, l1, l2) of a candidate block, or None."""
     if isinstance(m, nn.Sequential) and len(m) == 3 and _is_relu2(m[1]):
@@ -68,19 +56,6 @@ def _pair_names(m: nn.Module):
         if isinstance(l1, nn.Module) and isinstance(l2, nn.Module) and a in m._modules and b in m._modules:
             return a, b, l1, l2
     return None
-
-
-def _experts_3d(m: nn.Module):
-    for a, b in LINEAR_PAIRS:
-        p1, p2 = m._parameters.get(a), m._parameters.get(b)
-        if p1 is not None and p2 is not None and p1.dim() == 3 and p2.dim() == 3:
-            return a, b, p1
-    return None
-
-
-def _fake_or_meta(t: Tensor) -> bool:
-    from torch._subclasses.fake_tensor import is_fake
-    return t.device.type == "meta" or is_fake(t)
 
 
 def _verify(m: nn.Module, n1: str, n2: str, l1: nn.Linear, l2: nn.Linear) -> str:
@@ -121,11 +96,6 @@ def _candidate(name: str, m: nn.Module, verify: bool):
     """((n1, n2, l1, l2), "") to swap, (None, reason) to report as skipped, (None, "") if not a candidate."""
     if isinstance(m, ReLU2FFN):
         return None, ""
-    e = _experts_3d(m)
-    if e is not None:
-        a, b, p = e
-        return None, (f"MoE experts with 3-D weights {a}/{b} {tuple(p.shape)}: sp24 has no grouped (per-expert) "
-                      f"2:4 FFN; left dense")
     found = _pair_names(m)
     if found is None:
         if (isinstance(m, nn.Sequential) and len(m) == 3 and isinstance(m[0], nn.Linear)
@@ -167,10 +137,32 @@ class _Conversion:
     """One convert() call: finds the blocks (match= or the detection), builds the ReLU2FFNs, and
     records what it swapped and skipped."""
 
-    def __init__(self, model: nn.Module, sparse: bool, dense_fraction: float, match, verify: bool):
+    def __init__(self, model: nn.Module, sparse: bool, dense_fraction: float, match, verify: bool,
+                 experts: bool):
         self.model, self.sparse, self.dense_fraction = model, sparse, dense_fraction
-        self.match, self.verify = match, verify
+        self.match, self.verify, self.experts = match, verify, experts
         self.report = ConvertReport()
+
+    def swap_experts(self, name: str, m: nn.Module) -> bool:
+        """Converts m in place if it is an experts module sp24 supports (reports it otherwise);
+        whether m was an experts module (converted, already converted or skipped)."""
+        if isinstance(m, _ExpertsMode):
+            return True
+        pair, why = experts_layout(m)
+        if pair is not None and self.verify:
+            why = verify_experts(m, pair)
+        if why:
+            self.report.skipped.append((name, why))
+            return True
+        if pair is None:
+            return False
+        if not self.experts:
+            self.report.skipped.append((name, "MoE experts: experts=False"))
+            return True
+        convert_experts(m, pair, sparse=self.sparse, dense_fraction=self.dense_fraction)
+        m._sp24_where = name or type(self.model).__name__
+        self.report.swapped.append(name)
+        return True
 
     def find(self, name: str, m: nn.Module):
         if self.match is not None:
@@ -189,6 +181,8 @@ class _Conversion:
     def walk(self, parent: nn.Module, prefix: str) -> None:
         for child_name, child in list(parent.named_children()):
             full = f"{prefix}.{child_name}" if prefix else child_name
+            if self.swap_experts(full, child):
+                continue
             found = self.find(full, child)
             if found is not None:
                 setattr(parent, child_name, self.build(found, full))
@@ -199,7 +193,7 @@ class _Conversion:
 
 def convert(model: nn.Module, *, sparse: bool = False, dense_fraction: float = 0.05,
             match: Optional[Callable[[str, nn.Module], object]] = None, verify: bool = True,
-            return_report: bool = False):
+            experts: bool = True, return_report: bool = False):
     """Replace the Squared-ReLU MLP blocks of a model by :class:`ReLU2FFN`, in place, keeping keys.
 
     Detected (unless ``match`` is given): ``nn.Sequential(Linear, ReLU2-like, Linear)`` and
@@ -212,8 +206,12 @@ def convert(model: nn.Module, *, sparse: bool = False, dense_fraction: float = 0
     buffers is left alone. Linears already wrapped by PEFT LoRA (a PeftModel converted after
     ``get_peft_model`` / ``PeftModel.from_pretrained``) are kept as they are; other wrapped
     Linears (quantized, float8, hooks) make convert skip the block: convert before wrapping.
-    MoE experts stored as 3-D weights (e.g. NemotronH's routed experts) are left dense and
-    reported: sp24 has no grouped 2:4 FFN.
+    Routed MoE experts stored as 3-D weights (NemotronH's ``NemotronHExperts`` and any module
+    with ``up_proj`` (E, F, d) / ``down_proj`` (E, d, F), a Squared-ReLU ``act_fn``, no gate and
+    ``forward(hidden_states, top_k_index, top_k_weights)``) are converted in place, whether or
+    not ``match`` is given (``experts=False`` leaves them): the module keeps its object,
+    Parameters and keys, and gains the sp24 mode (``sp24.nn.experts``); gated experts, other
+    activations and other layouts are reported as skipped.
 
     The ReLU2FFN reuses the block's Linear modules (same Parameters, device, dtype, optimizer
     state; nothing is copied) under their own attribute names, so ``state_dict`` keys do not
@@ -225,7 +223,8 @@ def convert(model: nn.Module, *, sparse: bool = False, dense_fraction: float = 0
         dense_fraction (float): in [0, 1]. Default: 0.05.
         match (callable, optional): ``match(name, module)`` returns the (first, second) Linear of
             a block to convert, or None; it replaces the detection (no verification).
-        verify (bool): run the probe check. Default: True.
+        verify (bool): run the probe check (of experts modules too). Default: True.
+        experts (bool): convert routed experts modules. Default: True.
         return_report (bool): also return a :class:`ConvertReport`. Default: False.
 
     Returns:
@@ -246,8 +245,9 @@ def convert(model: nn.Module, *, sparse: bool = False, dense_fraction: float = 0
     _check_module("convert", model)
     sparse = _check_bool("convert", "sparse", sparse)
     dense_fraction = _check_fraction("convert", dense_fraction)
-    run = _Conversion(model, sparse, dense_fraction, match, verify)
-    root = run.find("", model)
+    experts = _check_bool("convert", "experts", experts)
+    run = _Conversion(model, sparse, dense_fraction, match, verify, experts)
+    root = None if run.swap_experts("", model) else run.find("", model)
     if root is not None:
         run.report.swapped.append("")
         result = run.build(root, "")

@@ -10,10 +10,10 @@ from torch import Tensor, nn
 
 from ..api import stats as _stats
 from ..ffn import relu2_ffn
-from ._args import _check_bool, _check_fraction, _check_names
+from ._args import _check_bool, _check_names
+from ._mode import MODE_KEY, SparseMode  # noqa: F401  (MODE_KEY: public as sp24.nn.MODE_KEY)
 from .adapters import _chain, _is_peft_lora, _lora_weight, _plain_linear
 
-MODE_KEY = "sp24_mode"  # the state_dict key (under each ReLU2FFN's prefix) of its mode
 
 
 class ReLU2(nn.Module):
@@ -32,7 +32,7 @@ class ReLU2(nn.Module):
         return torch.relu(x).square()
 
 
-class ReLU2FFN(nn.Module):
+class ReLU2FFN(SparseMode, nn.Module):
     """Squared-ReLU FFN ``y = w2(relu(w1(x))^2)`` with a switchable 2:4 sparse path.
 
     With ``sparse=False`` it is exactly the plain PyTorch FFN (it calls its two Linear modules).
@@ -91,17 +91,6 @@ class ReLU2FFN(nn.Module):
         self.fp8 = _check_bool("ReLU2FFN", "fp8", fp8)
         self.add_module(n1, nn.Linear(d_model, d_hidden, bias=bias, device=device, dtype=dtype))
         self.add_module(n2, nn.Linear(d_hidden, d_model, bias=bias, device=device, dtype=dtype))
-
-    def _init_flags(self, sparse, dense_fraction, names) -> None:
-        self.sparse = _check_bool("ReLU2FFN", "sparse", sparse)
-        self.dense_fraction = _check_fraction("ReLU2FFN", dense_fraction)
-        self.permute_tokens = True
-        self.gradient = "24sparse"
-        self.sparse_backward = True
-        self.fp8 = False
-        self.track_stats = False
-        self.last_stats: Optional[dict] = None
-        self.linear_names = names
 
     @classmethod
     def from_linear(cls, w1: nn.Linear, w2: nn.Linear, *, sparse: bool = False, dense_fraction: float = 0.05,
@@ -191,39 +180,6 @@ class ReLU2FFN(nn.Module):
         y2 = torch.relu(l1(x)).square()
         s = _stats(y2.reshape(-1, y2.shape[-1]))
         self.last_stats = {k: float(s[k]) for k in ("zero_fraction", "drop_rowwise", "drop_tokenwise")}
-
-    # ---- the mode in the state_dict
-
-    def _mode_tensor(self) -> Tensor:
-        return torch.tensor([float(self.sparse), float(self.dense_fraction), float(self.permute_tokens)],
-                            dtype=torch.float64)
-
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        destination[prefix + MODE_KEY] = self._mode_tensor()
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
-        # state_dict is load_state_dict's own copy: consuming our key here keeps it out of the
-        # unexpected keys; a checkpoint without it (an unconverted model's) leaves the mode as is
-        mode = state_dict.pop(prefix + MODE_KEY, None)
-        if mode is not None:
-            try:
-                self._set_mode(mode)
-            except ValueError as e:
-                error_msgs.append(str(e))
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
-
-    def _set_mode(self, mode) -> None:
-        if not isinstance(mode, Tensor) or mode.numel() != 3 or mode.device.type == "meta":
-            raise ValueError(f"sp24.nn.ReLU2FFN: {MODE_KEY} must be a tensor [sparse, dense_fraction, "
-                             f"permute_tokens] with real values, got {mode!r}")
-        s, f, p = (float(v) for v in mode.detach().to("cpu", torch.float64).reshape(3))
-        if s not in (0.0, 1.0) or p not in (0.0, 1.0) or not 0.0 <= f <= 1.0:
-            raise ValueError(f"sp24.nn.ReLU2FFN: {MODE_KEY} holds an invalid mode [{s}, {f}, {p}]: expected "
-                             f"[0 or 1, a fraction in [0, 1], 0 or 1]")
-        self.sparse, self.dense_fraction, self.permute_tokens = s == 1.0, f, p == 1.0
 
     def extra_repr(self) -> str:
         l1 = self._modules[self.linear_names[0]]

@@ -1,15 +1,15 @@
-"""The ReLU2FFN modes in checkpoints: load_mode restores them, without_mode drops their keys."""
+"""The modes of the sp24 modules (ReLU2FFN, experts) in checkpoints: load_mode restores them, without_mode drops their keys."""
 
 from __future__ import annotations
 
 from torch import nn
 
 from ._args import _check_module
-from .ffn import MODE_KEY, ReLU2FFN
+from ._mode import MODE_KEY, SparseMode
 
 
 def load_mode(model: nn.Module, state_dict: dict) -> int:
-    """Restore the ReLU2FFN modes (sparse, dense_fraction, permute_tokens) from a state_dict's
+    """Restore the modes of the ReLU2FFN and experts modules (sparse, dense_fraction, permute_tokens) from a state_dict's
     ``sp24_mode`` keys, e.g. after ``from_pretrained`` (which drops them) and :func:`convert`.
 
     Args:
@@ -21,7 +21,7 @@ def load_mode(model: nn.Module, state_dict: dict) -> int:
 
     Raises:
         TypeError: model is not an nn.Module.
-        KeyError: a ReLU2FFN of model has no ``sp24_mode`` key in state_dict (the key may differ
+        KeyError: an sp24 module of model has no ``sp24_mode`` key in state_dict (the key may differ
             by a leading prefix, as ``save_pretrained`` sometimes renames the root; it must be unique).
 
     Example::
@@ -35,7 +35,7 @@ def load_mode(model: nn.Module, state_dict: dict) -> int:
     keys = [k for k in state_dict if k == MODE_KEY or k.endswith("." + MODE_KEY)]
     n = 0
     for name, m in model.named_modules():
-        if isinstance(m, ReLU2FFN):
+        if isinstance(m, SparseMode):
             m._set_mode(state_dict[_mode_key(name, keys)])
             n += 1
     return n
@@ -61,7 +61,7 @@ def _mode_key(name: str, keys: list) -> str:
 
 
 def without_mode(state_dict: dict) -> dict:
-    """A copy of state_dict without the ReLU2FFN ``sp24_mode`` keys, for a strict load into an
+    """A copy of state_dict without the ``sp24_mode`` keys of the sp24 modules, for a strict load into an
     unconverted model.
 
     Args:

@@ -1,4 +1,4 @@
-"""The dense warm-up: set_sparse switches every ReLU2FFN of a model, DenseWarmup counts the steps."""
+"""The dense warm-up: set_sparse switches every ReLU2FFN and experts module of a model, DenseWarmup counts the steps."""
 
 from __future__ import annotations
 
@@ -7,18 +7,18 @@ import warnings
 from torch import nn
 
 from ._args import _check_bool, _check_module
-from .ffn import ReLU2FFN
+from ._mode import SparseMode
 
 
 def set_sparse(model: nn.Module, enabled: bool) -> int:
-    """Switch the 2:4 path on or off in every ReLU2FFN of a model (the end of the dense warm-up).
+    """Switch the 2:4 path on or off in every ReLU2FFN and converted experts module of a model (the end of the dense warm-up).
 
     Args:
         model (nn.Module): searched with ``model.modules()`` (itself included).
         enabled (bool): True for 2:4 forward and backward, False for dense.
 
     Returns:
-        int: how many ReLU2FFN modules were set. 0 comes with a warning: nothing was switched
+        int: how many sp24 modules (ReLU2FFN, experts) were set. 0 comes with a warning: nothing was switched
         (a model that was never passed through :func:`convert` trains dense).
 
     Raises:
@@ -33,7 +33,7 @@ def set_sparse(model: nn.Module, enabled: bool) -> int:
     enabled = _check_bool("set_sparse", "enabled", enabled)
     n = 0
     for m in model.modules():
-        if isinstance(m, ReLU2FFN):
+        if isinstance(m, SparseMode):
             m.sparse = enabled
             n += 1
     if n == 0:
@@ -41,7 +41,7 @@ def set_sparse(model: nn.Module, enabled: bool) -> int:
     return n
 
 
-_NO_FFN = ("sp24.nn.{op}: {model} has no sp24.nn.ReLU2FFN module, so nothing is switched to 2:4 and "
+_NO_FFN = ("sp24.nn.{op}: {model} has no sp24.nn.ReLU2FFN nor sp24 experts module, so nothing is switched to 2:4 and "
            "the model trains dense; call sp24.nn.convert(model) first (it returns a report of what it "
            "swapped and skipped with return_report=True)")
 
@@ -74,7 +74,7 @@ class DenseWarmup:
         _check_module("DenseWarmup", model)
         self.steps = self._check_count("steps", steps)
         self.model = model
-        ffns = [m for m in model.modules() if isinstance(m, ReLU2FFN)]
+        ffns = [m for m in model.modules() if isinstance(m, SparseMode)]
         if not ffns:
             warnings.warn(_NO_FFN.format(op="DenseWarmup", model=type(model).__name__), stacklevel=2)
         self.done = self.steps == 0 or any(m.sparse for m in ffns)

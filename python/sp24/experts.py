@@ -1,0 +1,129 @@
+"""Routed Squared-ReLU experts (Mixture-of-Experts) with 2:4 activation sparsity.
+
+    out[t] = sum_j top_k_weights[t, j] * FFN_e(x[t]),  e = top_k_index[t, j],
+    FFN_e(x) = relu(x W1[e]^T (+ b1[e]))^2 W2[e]^T (+ b2[e])
+
+The expert weights are stacked as Hugging Face's MoE experts store them: w1 (E, F, d), w2 (E, d, F)
+(each expert's slice in nn.Linear layout). The routing (which tokens, which weights) comes from the
+caller's router; this module only computes the experts.
+
+The per-expert path (the one implemented): the (token, slot) pairs are grouped by expert, each
+expert with at least one token runs its tokens through sp24.relu2_ffn (so every expert gets the 2:4
+forward on Y2, the backward with the forward mask, its own dense-feature split from its own counts,
+the token permutation within its tokens, and the automatic dense fallback decided on its own token
+count and shape), and the outputs, scaled by the routing weights, are added back per token. It
+launches the FFN's kernels once per active expert. Order and rounding follow Hugging Face's eager
+experts: experts in increasing index, within an expert the pairs ordered by slot then token, the
+sum accumulated in top_k_weights' dtype and returned in x's dtype. An index equal to E marks a
+dropped pair (expert parallelism's sentinel, as Hugging Face's one_hot(E + 1) allows): it adds
+nothing. Autograd reaches x, both weight stacks, the biases and top_k_weights (the router's
+gradient).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import _checks
+from .ffn import relu2_ffn
+
+__all__ = ["relu2_experts", "route"]
+
+OP = "sp24.relu2_experts"
+
+
+def _check(x, idx, weights, w1, w2, b1, b2) -> None:
+    for name, t in (("x", x), ("top_k_index", idx), ("top_k_weights", weights), ("w1", w1), ("w2", w2)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{OP}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if x.dim() != 2:
+        raise ValueError(f"{OP}: x must be (T, d) (the flattened tokens), got shape {tuple(x.shape)}")
+    if w1.dim() != 3 or w2.dim() != 3:
+        raise ValueError(f"{OP}: w1 (E, F, d) and w2 (E, d, F) must be 3-D, got {tuple(w1.shape)} and {tuple(w2.shape)}")
+    E, Fh, d = w1.shape
+    if x.shape[1] != d or tuple(w2.shape) != (E, d, Fh):
+        raise ValueError(f"{OP}: shapes do not match: x {tuple(x.shape)} must be (T, d), w1 (E, F, d), w2 (E, d, F); "
+                         f"got w1 {tuple(w1.shape)} and w2 {tuple(w2.shape)}")
+    if idx.dim() != 2 or idx.shape[0] != x.shape[0] or tuple(weights.shape) != tuple(idx.shape):
+        raise ValueError(f"{OP}: top_k_index and top_k_weights must both be (T, k) with T = {x.shape[0]}, got "
+                         f"{tuple(idx.shape)} and {tuple(weights.shape)}")
+    if idx.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"{OP}: top_k_index must be int64 or int32, got {idx.dtype}")
+    if not weights.is_floating_point():
+        raise TypeError(f"{OP}: top_k_weights must be floating point, got {weights.dtype}")
+    for name, t, shape in (("b1", b1, (E, Fh)), ("b2", b2, (E, d))):
+        if t is not None and (not isinstance(t, Tensor) or tuple(t.shape) != shape):
+            raise ValueError(f"{OP}: {name} must be None or a tensor of shape {shape}, got "
+                             f"{tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
+    for name, t in (("top_k_index", idx), ("top_k_weights", weights), ("w1", w1), ("w2", w2), ("b1", b1), ("b2", b2)):
+        if t is not None and t.device != x.device:
+            raise ValueError(f"{OP}: x and {name} must be on the same device, got {x.device} and {t.device}")
+
+
+def route(top_k_index: Tensor, num_experts: int) -> tuple[Tensor, Tensor, list]:
+    """(tokens, slots, counts): the (token, slot) pairs grouped by expert, in Hugging Face's eager
+    order (experts increasing; within an expert by slot, then token), and the number of pairs of
+    each expert (a Python list: the per-expert loop needs the sizes on the host, one sync).
+    Pairs routed to index num_experts (dropped) come last and are not counted."""
+    T, k = top_k_index.shape
+    flat = top_k_index.t().reshape(-1)   # pair i = j * T + t: slot-major, as torch.where(mask[e]) orders them
+    if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) > num_experts):
+        raise ValueError(f"{OP}: top_k_index must lie in [0, {num_experts}] ({num_experts} marks a dropped token), "
+                         f"got values in [{int(flat.min())}, {int(flat.max())}]")
+    order = torch.sort(flat, stable=True).indices
+    counts = torch.bincount(flat, minlength=num_experts + 1)[:num_experts].tolist()
+    return order % T, order // T, counts
+
+
+def relu2_experts(x: Tensor, top_k_index: Tensor, top_k_weights: Tensor, w1: Tensor, w2: Tensor,
+                  b1: Optional[Tensor] = None, b2: Optional[Tensor] = None, *, sparse: bool = True,
+                  dense_fraction: float = 0.05, permute_tokens: bool = True, gradient: str = "24sparse",
+                  sparse_backward: bool = True, fp8: bool = False) -> Tensor:
+    """Routed Squared-ReLU experts, each expert's tokens through :func:`sp24.relu2_ffn`.
+
+    Args:
+        x (Tensor): (T, d) tokens.
+        top_k_index (Tensor): (T, k) int64/int32 expert of each (token, slot); values in [0, E],
+            E marking a dropped pair.
+        top_k_weights (Tensor): (T, k) floating routing weights; the sum is accumulated in its dtype.
+        w1 (Tensor): (E, F, d).  w2 (Tensor): (E, d, F).  b1 (E, F), b2 (E, d): optional biases.
+        sparse, dense_fraction, permute_tokens, gradient, sparse_backward, fp8: as in
+            :func:`sp24.relu2_ffn`, applied to every expert (sparse=True needs d and F to be
+            multiples of 8). Default: sparse=True.
+
+    Returns:
+        Tensor: (T, d) in x's dtype.
+
+    Raises:
+        TypeError / ValueError: wrong types, shapes, devices, index range (each message names
+            sp24.relu2_experts), and every error of :func:`sp24.relu2_ffn` for the expert shape.
+
+    Example::
+
+        >>> x, w1, w2 = torch.randn(6, 16), torch.randn(4, 32, 16), torch.randn(4, 16, 32)
+        >>> idx, wts = torch.tensor([[0, 1]] * 6), torch.full((6, 2), 0.5)
+        >>> sp24.relu2_experts(x, idx, wts, w1, w2).shape
+        torch.Size([6, 16])
+    """
+    _check(x, top_k_index, top_k_weights, w1, w2, b1, b2)
+    sparse = _checks.check_bool(OP, "sparse", sparse)
+    E, Fh, d = w1.shape
+    if sparse and (d % 8 or Fh % 8):
+        raise ValueError(f"{OP}: sparse=True needs d and F (the expert width) to be multiples of 8, got d={d}, "
+                         f"F={Fh}; use sparse=False for this expert shape")
+    tokens, slots, counts = route(top_k_index, E)
+    out = torch.zeros_like(x, dtype=top_k_weights.dtype)
+    start = 0
+    for e, n in enumerate(counts):
+        if n == 0:
+            continue
+        tok, slot = tokens[start:start + n], slots[start:start + n]
+        start += n
+        y = relu2_ffn(x[tok], w1[e], w2[e], None if b1 is None else b1[e], None if b2 is None else b2[e],
+                      sparse=sparse, dense_fraction=dense_fraction, permute_tokens=permute_tokens,
+                      gradient=gradient, sparse_backward=sparse_backward, fp8=fp8)
+        out.index_add_(0, tok, (y * top_k_weights[tok, slot, None]).to(out.dtype))
+    return out.to(x.dtype)

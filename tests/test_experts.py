@@ -1,0 +1,238 @@
+"""sp24.relu2_experts and sp24.nn.ReLU2Experts: routed Squared-ReLU experts (MoE), each expert's tokens
+through relu2_ffn. Dense mode against Hugging Face's eager experts loop (bits), sparse mode against
+the oracle (sp24.reference_ffn.experts: out and the gradients of x, both weight stacks and the
+routing weights), routing edge cases (empty experts, one token, uneven loads, dropped pairs),
+the per-expert dense-fallback decision, the module's mode, checkpoints and pickling."""
+
+from __future__ import annotations
+
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F_
+
+from helpers import gen
+import sp24
+from sp24 import _fallback, ffn, reference_ffn
+from sp24.experts import route
+
+E, D, FH = 4, 16, 32
+
+
+def _tol(dtype):
+    return 1e-5 if dtype == torch.float32 else 1e-2
+
+
+def _close(actual, expected, dtype, what):
+    scale = float(expected.float().abs().max().clamp(min=1e-6))
+    err = float((actual.float() - expected.float()).abs().max())
+    assert err <= _tol(dtype) * scale, f"{what}: max error {err} vs scale {scale}"
+
+
+def _problem(T, k, seed, dtype=torch.float32, idx=None, E_=E, d=D, Fh=FH):
+    g = gen(seed)
+    x = torch.randn(T, d, generator=g).to(dtype)
+    w1 = (torch.randn(E_, Fh, d, generator=g) / d ** 0.5).to(dtype)
+    w2 = (torch.randn(E_, d, Fh, generator=g) / Fh ** 0.5).to(dtype)
+    if idx is None:
+        idx = torch.stack([torch.randperm(E_, generator=g)[:k] for _ in range(T)]) if T else torch.zeros(0, k, dtype=torch.long)
+    wts = torch.rand(T, k, generator=g)
+    dout = torch.randn(T, d, generator=g).to(dtype)
+    return x, idx, wts, w1, w2, dout
+
+
+def _hf_eager(x, idx, wts, w1, w2):
+    # Hugging Face's eager experts loop (NemotronHExperts.forward), written out
+    out = torch.zeros_like(x, dtype=wts.dtype)
+    mask = F_.one_hot(idx, num_classes=w1.shape[0] + 1).permute(2, 1, 0)
+    for e in torch.greater(mask.sum(dim=(-1, -2)), 0).nonzero().squeeze(-1).tolist():
+        if e == w1.shape[0]:
+            continue
+        pos, tok = torch.where(mask[e])
+        h = F_.linear(torch.square(F_.relu(F_.linear(x[tok], w1[e]))), w2[e])
+        out.index_add_(0, tok, (h * wts[tok, pos, None]).to(out.dtype))
+    return out.to(x.dtype)
+
+
+def _run(x, idx, wts, w1, w2, dout, **kw):
+    leaves = [t.detach().clone().requires_grad_() for t in (x, wts, w1, w2)]
+    with ffn.fallback(False):
+        out = sp24.relu2_experts(leaves[0], idx, leaves[1], leaves[2], leaves[3], **kw)
+    out.backward(dout)
+    return out.detach(), dict(zip(("dx", "dweights", "dw1", "dw2"), (t.grad for t in leaves)))
+
+
+def _perms(idx):
+    n = torch.bincount(idx[idx < E].reshape(-1), minlength=E)
+    return {int(c): (ffn.token_permutation(int(c))[0] if c > 1 else None) for c in n if c > 0}
+
+
+# Routings: (T, k, idx or None): balanced random, uneven (expert 0 takes most, expert 3 none),
+# one token, dropped pairs (index E), a single expert for everyone.
+_UNEVEN = torch.tensor([[0, 1]] * 21 + [[0, 2]] * 5 + [[1, 0]] * 3)
+ROUTINGS = {
+    "random_k2": (40, 2, None),
+    "random_k3": (23, 3, None),
+    "uneven_empty": (29, 2, _UNEVEN),
+    "one_token": (1, 2, torch.tensor([[2, 0]])),
+    "dropped": (12, 2, torch.tensor([[0, E], [E, 1], [2, 3]] * 4)),
+    "one_expert_k1": (17, 1, torch.full((17, 1), 3)),
+}
+
+
+@pytest.mark.parametrize("routing", list(ROUTINGS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dense_mode_is_hf_eager(routing, dtype):
+    T, k, idx = ROUTINGS[routing]
+    x, idx, wts, w1, w2, dout = _problem(T, k, seed=1, dtype=dtype, idx=idx)
+    assert torch.equal(sp24.relu2_experts(x, idx, wts, w1, w2, sparse=False), _hf_eager(x, idx, wts, w1, w2))
+
+
+@pytest.mark.parametrize("routing", list(ROUTINGS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sparse_matches_oracle(routing, dtype):
+    T, k, idx = ROUTINGS[routing]
+    x, idx, wts, w1, w2, dout = _problem(T, k, seed=2, dtype=dtype, idx=idx)
+    out, g = _run(x, idx, wts, w1, w2, dout, dense_fraction=0.25)
+    ref = reference_ffn.experts(x, idx, wts, w1, w2, dout, dense_fraction=0.25, perms=_perms(idx))
+    _close(out, ref["out"], dtype, "out")
+    for n in ("dx", "dw1", "dw2", "dweights"):
+        _close(g[n], ref[n], dtype, n)
+
+
+def test_sparse_is_not_dense_and_routes_gradients():
+    x, idx, wts, w1, w2, dout = _problem(64, 2, seed=3)
+    out, g = _run(x, idx, wts, w1, w2, dout)
+    dense, gd = _run(x, idx, wts, w1, w2, dout, sparse=False)
+    assert not torch.allclose(out, dense, atol=1e-4)  # the 2:4 approximation is real
+    for n in g:
+        assert torch.isfinite(g[n]).all() and g[n].abs().sum() > 0, n
+    assert torch.equal(g["dw1"][idx.unique()].ne(0).any(-1).any(-1), torch.ones(len(idx.unique()), dtype=torch.bool))
+
+
+def test_empty_and_dropped_experts_get_zero_gradients():
+    x, idx, wts, w1, w2, dout = _problem(29, 2, seed=4, idx=_UNEVEN)
+    _, g = _run(x, idx, wts, w1, w2, dout)
+    assert torch.equal(g["dw1"][3], torch.zeros_like(g["dw1"][3])) and torch.equal(g["dw2"][3], torch.zeros_like(g["dw2"][3]))
+    x, idx, wts, w1, w2, dout = _problem(12, 2, seed=5, idx=ROUTINGS["dropped"][2])
+    out, g = _run(x, idx, wts, w1, w2, dout)
+    assert torch.equal(g["dweights"][idx == E], torch.zeros(int((idx == E).sum())))
+
+
+def test_zero_tokens():
+    x, idx, wts, w1, w2, _ = _problem(0, 2, seed=6)
+    out = sp24.relu2_experts(x, idx, wts, w1, w2)
+    assert out.shape == (0, D)
+
+
+def test_route_order_is_hf_eager_order():
+    idx = torch.tensor([[1, 0], [0, 2], [1, 2]])
+    tokens, slots, counts = route(idx, 3)
+    assert counts == [2, 2, 2]
+    # expert 0: (slot 0, token 1), (slot 1, token 0); expert 1: tokens 0, 2 at slot 0; expert 2: slot 1 of 1, 2
+    assert tokens.tolist() == [1, 0, 0, 2, 1, 2] and slots.tolist() == [0, 1, 0, 0, 1, 1]
+
+
+def test_fallback_decides_per_expert(monkeypatch):
+    # the dense fallback sees each expert's own token count and shape
+    seen = []
+
+    def spy(device, T, d, Fh, dtype, backward):
+        seen.append((T, d, Fh))
+        return T < 10
+
+    monkeypatch.setattr(_fallback, "use_dense", spy)
+    x, idx, wts, w1, w2, _ = _problem(29, 2, seed=7, idx=_UNEVEN)
+    out = sp24.relu2_experts(x, idx, wts, w1, w2)
+    counts = torch.bincount(_UNEVEN.reshape(-1), minlength=E).tolist()
+    assert sorted(seen) == sorted((c, D, FH) for c in counts if c)
+    # experts below 10 tokens ran dense: the output equals the per-expert mix of dense and sparse
+    tokens, slots, cnt = route(idx, E)
+    want = torch.zeros(29, D)
+    start = 0
+    for e, n in enumerate(cnt):
+        tok, slot = tokens[start:start + n], slots[start:start + n]
+        start += n
+        if n:
+            with ffn.fallback(False):
+                y = sp24.relu2_ffn(x[tok], w1[e], w2[e], sparse=n >= 10)
+            want.index_add_(0, tok, y * wts[tok, slot, None])
+    assert torch.equal(out, want)
+
+
+@pytest.mark.parametrize("bad,err,msg", [
+    (dict(idx=torch.tensor([[0, 5]] * 4)), ValueError, r"top_k_index must lie in \[0, 4\]"),
+    (dict(idx=torch.tensor([[0, -1]] * 4)), ValueError, r"top_k_index must lie in"),
+    (dict(idx=torch.tensor([[0.0, 1.0]] * 4)), TypeError, "top_k_index must be int64 or int32"),
+    (dict(idx=torch.tensor([[0, 1]] * 3)), ValueError, r"\(T, k\) with T = 4"),
+    (dict(wts=torch.ones(4, 2, dtype=torch.long)), TypeError, "top_k_weights must be floating point"),
+    (dict(w1=torch.randn(4, 32, 8)), ValueError, "shapes do not match"),
+    (dict(x=torch.randn(2, 2, 16)), ValueError, r"x must be \(T, d\)"),
+    (dict(w1=torch.randn(4, 20, 16), w2=torch.randn(4, 16, 20)), ValueError, "multiples of 8, got d=16, F=20"),
+])
+def test_errors_name_the_op(bad, err, msg):
+    x, idx, wts, w1, w2, _ = _problem(4, 2, seed=8)
+    a = dict(x=x, idx=idx, wts=wts, w1=w1, w2=w2) | bad
+    with pytest.raises(err, match=msg) as e:
+        sp24.relu2_experts(a["x"], a["idx"], a["wts"], a["w1"], a["w2"])
+    assert "sp24.relu2_experts" in str(e.value)
+
+
+# --------------------------------------------------------------------------------------------
+# the module
+
+
+def _module(sparse=False, seed=0):
+    torch.manual_seed(seed)
+    return sp24.nn.ReLU2Experts(E, D, FH, sparse=sparse, dense_fraction=0.25)
+
+
+def test_module_modes_and_state():
+    m = _module()
+    x, idx, wts, _, _, dout = _problem(40, 2, seed=9)
+    assert torch.equal(m(x, idx, wts), _hf_eager(x, idx, wts, m.up_proj, m.down_proj))
+    assert sp24.nn.set_sparse(m, True) == 1 and m.sparse
+    with ffn.fallback(False):
+        got = m(x, idx, wts)
+        want = sp24.relu2_experts(x, idx, wts, m.up_proj, m.down_proj, dense_fraction=0.25)
+    assert torch.equal(got, want)
+    sd = m.state_dict()
+    assert sorted(sd) == ["down_proj", "sp24_mode", "up_proj"]
+    other = _module(seed=1)
+    other.load_state_dict(sd)
+    assert other.sparse and other.dense_fraction == 0.25 and torch.equal(other.up_proj, m.up_proj)
+
+
+def test_module_init_is_linear_like():
+    m = sp24.nn.ReLU2Experts(8, 64, 256)
+    assert m.up_proj.abs().max() <= 1 / 64 ** 0.5 and m.down_proj.abs().max() <= 1 / 256 ** 0.5
+    assert m.up_proj.std() > 0.5 / 64 ** 0.5 / 3 ** 0.5
+
+
+def test_module_pickle_and_deepcopy():
+    m = _module(sparse=True)
+    for clone in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+        assert type(clone) is type(m) and clone.sparse and torch.equal(clone.up_proj, m.up_proj)
+    buf = io.BytesIO()
+    torch.save(m, buf)
+    buf.seek(0)
+    assert torch.load(buf, weights_only=False).sparse
+
+
+def test_dense_warmup_switches_experts():
+    model = torch.nn.ModuleDict({"ffn": sp24.nn.ReLU2FFN(16, 32), "experts": _module()})
+    warm = sp24.nn.DenseWarmup(model, steps=1)
+    warm.step()
+    assert model["ffn"].sparse and model["experts"].sparse
+
+
+def test_track_stats_per_expert():
+    m = _module()
+    m.track_stats = True
+    x, idx, wts, _, _, _ = _problem(40, 2, seed=10)
+    m(x, idx, wts)
+    s = m.last_stats
+    assert 0 < s["zero_fraction"] < 1 and 0 <= s["drop_rowwise"] <= 1 and s["experts_with_tokens"] == E
