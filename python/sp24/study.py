@@ -80,8 +80,11 @@ class Run:
 
 
 def runs_for(cfg: Config) -> list[Run]:
-    """The study's runs for a config (sparse runs switch 2:4 on at cfg.warmup unless stated)."""
+    """The study's runs for a config (sparse runs switch 2:4 on at cfg.warmup unless stated); an MoE
+    config (n_experts > 0) has the dense and default runs of both seeds."""
     w = cfg.warmup
+    if cfg.n_experts:
+        return [r for r in runs_for(dataclasses.replace(cfg, n_experts=0)) if r.name[:-1] in ("dense_s", "default_s")]
     return [
         Run("dense_s0", 0, None, tests="baseline"),
         Run("dense_s1", 1, None, tests="baseline, second seed (seed noise)"),
@@ -107,21 +110,35 @@ CONFIGS = {
                     warmup=6, lr=3e-3, eval_every=6, eval_batches=1, stats_every=3, dtype="float32"),
     "cpu": Config(n_layer=3, n_head=4, d_model=256, d_hidden=1024, seq_len=128, batch_size=32, steps=1221,
                   warmup=500, lr=1.5e-3, eval_every=111, eval_batches=8, stats_every=37, dtype="float32"),
+    # MoE: the "cpu" config with each MLP a NemotronH-style MoE layer (demo.MoE): 8 routed experts of
+    # width 256, top-2, and a shared expert of width 256 (per token 768 active FFN features, the
+    # dense model's 1024 less a quarter)
+    "moe_micro": Config(n_layer=2, n_head=2, d_model=32, d_hidden=32, seq_len=32, batch_size=4, steps=12,
+                        warmup=6, lr=3e-3, eval_every=6, eval_batches=1, stats_every=3, dtype="float32",
+                        n_experts=4, top_k=2, d_expert=32),
+    "moe": Config(n_layer=3, n_head=4, d_model=256, d_hidden=256, seq_len=128, batch_size=32, steps=1221,
+                  warmup=500, lr=1.5e-3, eval_every=111, eval_batches=8, stats_every=37, dtype="float32",
+                  n_experts=8, top_k=2, d_expert=256),
 }
 
 
-def configure(model: torch.nn.Module, run: Run, sparse: bool) -> None:
-    """Set the FFN options of a run on every sp24 ReLU2FFN of the model."""
-    from sp24.nn import ReLU2FFN
+def sp24_modules(model: torch.nn.Module) -> list:
+    """The model's sp24 modules (ReLU2FFN, ReLU2Experts), in module order: per block the FFN, or
+    the MoE layer's routed experts then its shared expert."""
+    from sp24.nn._mode import SparseMode
 
-    for m in model.modules():
-        if isinstance(m, ReLU2FFN):
-            m.sparse = sparse
-            m.dense_fraction = run.dense_fraction
-            m.permute_tokens = run.permute_tokens
-            m.gradient = run.gradient
-            m.sparse_backward = run.sparse_backward
-            m.fp8 = run.fp8
+    return [m for m in model.modules() if isinstance(m, SparseMode)]
+
+
+def configure(model: torch.nn.Module, run: Run, sparse: bool) -> None:
+    """Set the FFN options of a run on every sp24 module (ReLU2FFN, ReLU2Experts) of the model."""
+    for m in sp24_modules(model):
+        m.sparse = sparse
+        m.dense_fraction = run.dense_fraction
+        m.permute_tokens = run.permute_tokens
+        m.gradient = run.gradient
+        m.sparse_backward = run.sparse_backward
+        m.fp8 = run.fp8
 
 
 def prefix_key(run: Run) -> tuple:
@@ -146,7 +163,7 @@ def train_run(run: Run, cfg: Config, train_data, eval_data, device: torch.device
     same seed and the same steps before it: the run continues from it instead of recomputing them."""
     torch.manual_seed(run.seed)
     model = demo.GPT(cfg).to(device=device, dtype=getattr(torch, cfg.dtype))
-    ffns = [b.ffn for b in model.blocks]
+    ffns = sp24_modules(model)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],

@@ -1,5 +1,6 @@
 """The demo's model: a small byte-level GPT (pre-norm, learned positions, causal SDPA attention) whose
-MLPs are sp24.nn.ReLU2FFN, and its run configurations."""
+MLPs are sp24.nn.ReLU2FFN (or, with n_experts > 0, a NemotronH-style MoE layer: routed
+sp24.nn.ReLU2Experts plus a shared ReLU2FFN expert), and its run configurations."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nn import ReLU2FFN
+from ..nn import ReLU2Experts, ReLU2FFN
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +28,9 @@ class Config:
     eval_batches: int
     stats_every: int
     dtype: str           # parameter (and compute) dtype: "float32" or "bfloat16"
+    n_experts: int = 0   # > 0: each MLP is an MoE layer (MoE) of n_experts routed experts ...
+    top_k: int = 2       # ... of which each token takes top_k ...
+    d_expert: int = 0    # ... of width d_expert, beside a shared expert of width d_hidden
 
 
 CONFIGS = {
@@ -40,6 +44,35 @@ CONFIGS = {
 }
 
 
+class MoE(nn.Module):
+    """NemotronH-style MoE layer: sigmoid router scores, top-k experts chosen on score + a balancing
+    bias (auxiliary-loss-free balancing: in training each forward moves the bias of an over-loaded
+    expert down and of an under-loaded one up by BALANCE_RATE), the chosen scores normalised to sum
+    1 as routing weights, routed sp24.nn.ReLU2Experts plus a shared sp24.nn.ReLU2FFN expert."""
+
+    BALANCE_RATE = 1e-3
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.top_k = cfg.top_k
+        self.router = nn.Linear(cfg.d_model, cfg.n_experts, bias=False)
+        self.register_buffer("balance_bias", torch.zeros(cfg.n_experts))
+        self.experts = ReLU2Experts(cfg.n_experts, cfg.d_model, cfg.d_expert)
+        self.shared = ReLU2FFN(cfg.d_model, cfg.d_hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.reshape(-1, x.shape[-1])
+        scores = torch.sigmoid(self.router(h).float())
+        idx = (scores + self.balance_bias).topk(self.top_k, dim=-1).indices
+        w = scores.gather(1, idx)
+        w = w / w.sum(-1, keepdim=True)
+        if self.training:
+            with torch.no_grad():
+                load = torch.bincount(idx.reshape(-1), minlength=scores.shape[1]).float()
+                self.balance_bias += self.BALANCE_RATE * torch.sign(load.mean() - load)
+        return self.experts(h, idx, w).view_as(x) + self.shared(x)
+
+
 class Block(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()
@@ -47,7 +80,7 @@ class Block(nn.Module):
         self.ln1, self.ln2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
-        self.ffn = ReLU2FFN(cfg.d_model, cfg.d_hidden)
+        self.ffn = MoE(cfg) if cfg.n_experts else ReLU2FFN(cfg.d_model, cfg.d_hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape

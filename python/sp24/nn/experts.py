@@ -68,17 +68,18 @@ class _ExpertsMode(SparseMode):
 
         w1, _ = self._sp24_weights()
         tokens, _, counts = route(top_k_index, w1.shape[0])
+        keys = ("zero_fraction", "drop_rowwise", "drop_tokenwise")
         per, start = [], 0
         for e, n in enumerate(counts):
             if n:
                 y2 = torch.relu(x[tokens[start:start + n]] @ w1[e].t()).square()
                 s = stats(y2)
-                per.append((n, {k: float(s[k]) for k in ("zero_fraction", "drop_rowwise", "drop_tokenwise")}))
+                per.append({"expert": e, "tokens": n, **{k: float(s[k]) for k in keys}})
                 start += n
-        total = sum(n for n, _ in per) or 1
-        self.last_stats = {k: sum(n * s[k] for n, s in per) / total
-                           for k in ("zero_fraction", "drop_rowwise", "drop_tokenwise")}
+        total = sum(p["tokens"] for p in per) or 1
+        self.last_stats = {k: sum(p["tokens"] * p[k] for p in per) / total for k in keys}
         self.last_stats["experts_with_tokens"] = len(per)
+        self.last_stats["per_expert"] = per
 
     def extra_repr(self) -> str:
         w1, _ = self._sp24_weights()
