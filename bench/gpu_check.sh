@@ -7,8 +7,9 @@
 #     buffers -> a small compute-sanitizer memcheck -> docs/DESIGN.md 'Targets' benchmarks (FP8 too) at their headline
 #     shapes -> one summary table (pass/fail, numbers against targets): OUT/SUMMARY.md, printed last.
 #   call 2 (<= 4 min, if time is left; timeout_s 240):
-#     build (incremental when the machine is still warm) -> crossover (shortened) -> GPU demo
-#     (shortened) -> summary.
+#     build (incremental when the machine is still warm) -> crossover (shortened) -> MoE experts bench
+#     (Nano-like shape) -> GPU demo (40 steps)
+#     -> summary.
 #
 #   bash bench/gpu_check.sh [--call 1|2] OUTDIR     run
 #   bash bench/gpu_check.sh [--call 1|2] --plan     print the steps, time boxes and commands; run nothing
@@ -91,10 +92,11 @@ if [ "$CALL" = 1 ]; then
   add bench_fp8 30 "$PY -m sp24.bench fp8 --out $OUTQ --no-progress --reps 10 --warmup 3"
 else
   add build 120 "$BUILD"
-  add import 15 "$IMPORT"
-  add crossover 55 "$PY -m sp24.bench crossover --out $OUTQ --no-progress --shapes 4096:16384 --dtypes bfloat16 \
---tokens 256,1024,4096,16384 --compile off --reps 10 --warmup 3"
-  add demo 35 "$PY -m sp24.demo --config gpu --out $OUTQ/demo_gpu --steps 60"
+  add import 10 "$IMPORT"
+  add crossover 45 "$PY -m sp24.bench crossover --out $OUTQ --no-progress --shapes 4096:16384 --dtypes bfloat16 \
+--tokens 256,1024,4096,16384 --compile off --reps 8 --warmup 2"
+  add bench_moe 25 "$PY -m sp24.bench moe --out $OUTQ --no-progress --shape nano --reps 5 --warmup 2"
+  add demo 25 "$PY -m sp24.demo --config gpu --out $OUTQ/demo_gpu --steps 40"
 fi
 
 if [ "$MODE" = plan ]; then

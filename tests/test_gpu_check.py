@@ -22,7 +22,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "gpu_check.sh"
 CALL1 = ["build", "import", "tests", "goldens", "memcheck", "bench_sparsify", "bench_gemm", "bench_ffn",
          "bench_fp8"]
-CALL2 = ["build", "import", "crossover", "demo"]
+CALL2 = ["build", "import", "crossover", "bench_moe", "demo"]
 
 
 def _run(*args, env=None, timeout=120):

@@ -205,3 +205,26 @@ def test_bench_cpu_ffn_prints_the_ratio(tmp_path, capsys):
     assert "| 64, 16, 64 |" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="multiples of 8"):
         bench_main(["cpu-ffn", "--shapes", "64:12:64", "--out", str(tmp_path)])
+
+
+def test_moe_micro_study(tmp_path):
+    # the MoE configuration end to end: the four runs, forked sparse runs equal to runs from step 0,
+    # experts switched to 2:4 with the shared expert, per-expert stats, the routed-experts table
+    doc = study.main(["--config", "moe_micro", "--out", str(tmp_path), "--threads", "1"])
+    assert list(doc["runs"]) == ["dense_s0", "dense_s1", "default_s0", "default_s1"]
+    cfg = study.CONFIGS["moe_micro"]
+    model = study.demo.GPT(cfg)
+    kinds = [type(m).__name__ for m in study.sp24_modules(model)]
+    assert kinds == ["ReLU2Experts", "ReLU2FFN"] * cfg.n_layer
+    for name, r in doc["runs"].items():
+        assert r["final_eval_loss"] is not None and all(e["sparse"] == (name.startswith("default") and e["step"] >= cfg.warmup)
+                                                         for e in r["stats"])
+        per = [la["per_expert"] for la in r["final_layers"] if "per_expert" in la]
+        assert len(per) == cfg.n_layer and all(sum(p["tokens"] for p in layer) > 0 for layer in per)
+    assert doc["runs"]["default_s0"]["final_eval_loss"] != doc["runs"]["dense_s0"]["final_eval_loss"]
+    scratch = study.main(["--config", "moe_micro", "--out", str(tmp_path / "nofork"), "--threads", "1", "--no-fork",
+                          "--runs", "dense_s0,default_s0"])
+    for k in study.RECORDS[:3]:
+        assert scratch["runs"]["default_s0"][k] == doc["runs"]["default_s0"][k], k
+    text = (tmp_path / "study.md").read_text()
+    assert "Routed experts at the end" in text and "| default_s1 | 1 |" in text

@@ -65,7 +65,30 @@ def table(doc: dict) -> str:
     if s["ablation_order_paper"]:
         lines.append(f"Ablations, best first: measured {', '.join(s['ablation_order_measured'])}; "
                      f"the paper's {', '.join(f'{n} ({PAPER_LOSSES[n]})' for n in s['ablation_order_paper'])}.")
+    lines += moe_lines(doc)
     return "\n".join(lines) + "\n"
+
+
+def moe_lines(doc: dict) -> list[str]:
+    """For an MoE study: per run and MoE layer, at the last stats step, the spread over the routed
+    experts of their token share and of their activation sparsity and 2:4 drops (min - max)."""
+    if not doc["config"].get("n_experts"):
+        return []
+    out = ["", "Routed experts at the end (last stats step), per MoE layer: min - max over the experts of the share "
+           "of the layer's (token, expert) pairs, the zero fraction of relu(Y1)^2 and the non-zeros a row-wise / "
+           "token-wise 2:4 pass drops; the module list of each layer is [routed experts, shared expert].", "",
+           "| run | layer | experts with tokens | token share | zero fraction | drop row-wise | drop token-wise |",
+           "|---|---|---|---|---|---|---|"]
+    span = lambda xs, f=".2f": f"{min(xs):{f}} - {max(xs):{f}}"  # noqa: E731
+    for name, r in doc["runs"].items():
+        moe = [la for la in r["final_layers"] if la.get("per_expert")]
+        for i, la in enumerate(moe):
+            per = la["per_expert"]
+            total = sum(p["tokens"] for p in per) or 1
+            out.append(f"| {name} | {i} | {len(per)} of {doc['config']['n_experts']} | "
+                       f"{span([p['tokens'] / total for p in per], '.3f')} | {span([p['zero_fraction'] for p in per])} | "
+                       f"{span([p['drop_rowwise'] for p in per], '.3f')} | {span([p['drop_tokenwise'] for p in per], '.3f')} |")
+    return out
 
 
 def paired_dense(runs: dict, name: str):

@@ -60,6 +60,10 @@ _COLUMNS["fp8"] = [("part", lambda r: r["model"]), ("T x d x F", lambda r: f"{r[
                    ("TFLOP/s", lambda r: _f(r.get("tflops"))), ("x clone", lambda r: _f(r.get("ratio_to_clone"), "{:.2f}")),
                    ("speed-up vs dense FP8", lambda r: _f(r.get("speedup"), "{:.2f}x"))]
 
+_COLUMNS["moe"] = [("phase", lambda r: r["model"]), ("T x d x F, E, k", lambda r: f"{r['T']} x {r['d']} x {r['F']}, {r['E']}, {r['k']}"),
+                   ("impl", lambda r: r["name"]), ("us median (p10-p90)", _us), ("TFLOP/s", lambda r: _f(r.get("tflops"))),
+                   ("speed-up vs best dense", lambda r: _f(r.get("speedup"), "{:.2f}x"))]
+
 
 def table(headers: list[str], rows: list[list]) -> str:
     esc = lambda c: str(c).replace("|", "\\|").replace("\n", " ")  # noqa: E731
@@ -138,6 +142,10 @@ TARGETS = [
      lambda d, r: r["name"] == "sparse24_fp8_mm" and _fp8_main(r), "speedup", max, 1.5, ">="),
     ("FP8 FFN forward+backward, speed-up vs FP8 dense", "fp8",
      lambda d, r: r["name"] == "ffn_fp8_sparse_fwd_bwd" and _fp8_main(r), "speedup", max, 1.2, ">="),
+    # routed experts (python -m sp24.bench moe) at the Nemotron-3-Nano-like shape, against the faster dense row
+    ("MoE experts forward+backward (Nano-like), speed-up vs the dense experts", "moe",
+     lambda d, r: r["name"].startswith("sparse_experts") and r["model"] == "fwd_bwd"
+     and (r["T"], r["d"], r["F"], r["E"], r["k"]) == (16384, 2688, 1856, 128, 6), "speedup", max, 1.2, ">="),
 ]
 
 
