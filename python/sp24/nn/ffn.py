@@ -12,6 +12,7 @@ from ..api import stats as _stats
 from ..ffn import relu2_ffn
 from ._args import _check_bool, _check_names
 from ._mode import MODE_KEY, SparseMode  # noqa: F401  (MODE_KEY: public as sp24.nn.MODE_KEY)
+from . import tensor_parallel as _tp
 from .adapters import _chain, _is_peft_lora, _lora_weight, _plain_linear
 
 
@@ -162,7 +163,10 @@ class ReLU2FFN(SparseMode, nn.Module):
             self._record_stats(x, l1)
         if not self.sparse and not self.fp8:
             return l2(torch.relu(l1(x)).square())
-        weights, why = self._sparse_weights(l1, l2)
+        plan, why = _tp.detect(l1, l2, fp8=self.fp8)
+        if plan is not None:
+            return _tp.forward(plan, l1, l2, x, **self._ffn_kwargs())
+        weights, why = (None, why) if why else self._sparse_weights(l1, l2)
         if weights is None:
             where = getattr(self, "_sp24_where", None)
             warnings.warn(f"sp24.nn.ReLU2FFN{f' {where}' if where else ''}: {why}; this FFN runs dense (calling "
@@ -171,9 +175,11 @@ class ReLU2FFN(SparseMode, nn.Module):
                           f"silence this", stacklevel=2)
             return l2(torch.relu(l1(x)).square())
         w1, w2, b1, b2 = weights
-        return relu2_ffn(x, w1, w2, b1, b2, sparse=self.sparse, dense_fraction=self.dense_fraction,
-                         permute_tokens=self.permute_tokens, gradient=self.gradient,
-                         sparse_backward=self.sparse_backward, fp8=self.fp8)
+        return relu2_ffn(x, w1, w2, b1, b2, **self._ffn_kwargs())
+
+    def _ffn_kwargs(self) -> dict:
+        return {"sparse": self.sparse, "dense_fraction": self.dense_fraction, "permute_tokens": self.permute_tokens,
+                "gradient": self.gradient, "sparse_backward": self.sparse_backward, "fp8": self.fp8}
 
     @torch.no_grad()
     def _record_stats(self, x: Tensor, l1: nn.Module) -> None:
