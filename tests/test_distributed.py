@@ -53,6 +53,97 @@ class _MoE(torch.nn.Module):
         return self.experts(h, idx, w).view(x.shape)
 
 
+def _fsdp2_linears(sparse, xr, dr, want, shards=None):
+    """max relative gradient error of ReLU2FFN with fully_shard on w1, w2 and the root against want;
+    shards given: under MixedPrecisionPolicy(bf16 params, fp32 reduce), against the bf16 per-shard mean."""
+    import warnings
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    if shards is not None:  # the reference: the bf16 model's per-shard gradients, averaged in fp32
+        ref = _model(sparse).to(torch.bfloat16)
+        per = [_grads(ref, xs.bfloat16(), ds.bfloat16()) for xs, ds in shards]
+        want = {n: sum(g[n].float() for g in per) / WORLD for n in per[0]}
+    kw = {"mp_policy": MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)} if shards else {}
+    model = _model(sparse)
+    fully_shard(model.w1, **kw)
+    fully_shard(model.w2, **kw)
+    fully_shard(model, **kw)
+    errs = []
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="sp24")
+        for _ in range(2):
+            model.zero_grad()
+            (model(xr) * dr).sum().backward()
+            got = {n: p.grad.full_tensor() for n, p in model.named_parameters()}
+            errs.append(_rel_err(got, want))
+    return max(errs)
+
+
+def _fsdp2_no_root(xr):
+    from torch.distributed.fsdp import fully_shard
+    model = _model(True)
+    fully_shard(model.w1)
+    fully_shard(model.w2)
+    try:
+        model(xr)
+        return "no error"
+    except RuntimeError as e:
+        return str(e)
+
+
+def _fsdp2_inference(xr):
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+    model = _model(True)
+    fully_shard(model.w1)
+    fully_shard(model.w2)
+    fully_shard(model)
+    with torch.no_grad():
+        model(xr)
+    return all(isinstance(p, DTensor) for p in model.parameters())
+
+
+def _hf_moe():
+    import sp24
+    import transformers
+    torch.manual_seed(0)
+    cfg = transformers.NemotronHConfig(
+        vocab_size=64, hidden_size=32, layers_block_type=["full_attention", "moe"], num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, intermediate_size=64, n_routed_experts=8, num_experts_per_tok=2,
+        moe_intermediate_size=32, moe_shared_expert_intermediate_size=32, max_position_embeddings=64)
+    model = transformers.NemotronHForCausalLM(cfg)
+    with torch.no_grad():
+        model.model.layers[1].mixer.gate.weight.normal_(0, 1.0)
+    sp24.nn.convert(model, sparse=True)
+    return model
+
+
+def _fsdp2_hf_moe(rank):
+    """A converted Hugging Face NemotronH MoE model (routed experts swapped in place), fully_shard per
+    layer and root, 2:4: gradients against the mean of the per-rank computations."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError as e:
+        return f"transformers not installed: {e}"
+    from torch.distributed.fsdp import fully_shard
+    ids = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(3))
+    ref = _hf_moe()
+    per = []
+    for half in ids.chunk(WORLD):
+        ref.zero_grad()
+        ref(half, labels=half).loss.backward()
+        per.append({n: p.grad.clone() for n, p in ref.named_parameters() if p.grad is not None})
+    want = {n: sum(g[n] for g in per) / WORLD for n in per[0]}
+    model = _hf_moe()
+    for layer in model.model.layers:
+        fully_shard(layer)
+    fully_shard(model)
+    mine = ids.chunk(WORLD)[rank]
+    model(mine, labels=mine).loss.backward()
+    got = {n: p.grad.full_tensor() for n, p in model.named_parameters() if p.grad is not None}
+    assert set(got) == set(want), sorted(set(got) ^ set(want))
+    return _rel_err(got, want)
+
+
 def _grads(model, x, dout):
     model.zero_grad()
     (model(x) * dout).sum().backward()
@@ -114,6 +205,15 @@ def _worker(rank, out_dir):
             results[f"fsdp2_{tag}"] = f"FSDP2 unavailable here: {type(e).__name__}: {e}"
         _progress(out_dir, rank, results, f"fsdp2_{tag}")
 
+        # FSDP2 on the Linears themselves (and the root): the 2:4 path gathers them (sp24.nn.fsdp);
+        # two iterations (FSDP2's state machine resets), with sp24's dense-fallback warning an error
+        results[f"fsdp2_linears_{tag}"] = _fsdp2_linears(sparse, xr, dr, want)
+        if sparse:
+            results["fsdp2_linears_bf16_fp32_reduce"] = _fsdp2_linears(sparse, xr, dr, None, shards=shards)
+            results["fsdp2_linears_no_root"] = _fsdp2_no_root(xr)
+            results["fsdp2_linears_inference_reshards"] = _fsdp2_inference(xr)
+        _progress(out_dir, rank, results, f"fsdp2_linears_{tag}")
+
         # an MoE layer (router + routed experts): FSDP2 on the experts and the root
         ref = _MoE(sparse)
         per_shard = [_grads(ref, xs, ds) for xs, ds in shards]
@@ -127,9 +227,12 @@ def _worker(rank, out_dir):
             got = {n: p.grad.full_tensor() for n, p in model.named_parameters()}
             results[f"fsdp2_moe_{tag}"] = _rel_err(got, want_moe)
             del model, got
-        except (ImportError, NotImplementedError, RuntimeError) as e:
+        except ImportError as e:
             results[f"fsdp2_moe_{tag}"] = f"FSDP2 unavailable here: {type(e).__name__}: {e}"
         _progress(out_dir, rank, results, f"fsdp2_moe_{tag}")
+        if sparse:
+            results["fsdp2_hf_moe"] = _fsdp2_hf_moe(rank)
+            _progress(out_dir, rank, results, "fsdp2_hf_moe")
 
     # Tear down in a fixed order while both ranks are alive: DDP and FSDP2 modules hold the process
     # group inside reference cycles, and letting the interpreter's exit free it (after the peer may
@@ -188,3 +291,28 @@ def test_fsdp2_moe_gradients(results, mode):
     if isinstance(r, str):
         pytest.skip(r)
     assert r <= TOL, results
+
+
+@pytest.mark.parametrize("mode", ["dense", "sparse"])
+def test_fsdp2_on_the_linears_runs_the_2to4_path(results, mode):
+    # fully_shard on w1, w2 and the root: the same gradients as data parallelism, no dense fallback
+    assert results[f"fsdp2_linears_{mode}"] <= TOL, results
+
+
+def test_fsdp2_linears_mixed_precision_bf16_params_fp32_reduce(results):
+    assert results["fsdp2_linears_bf16_fp32_reduce"] <= TOL, results
+
+
+def test_fsdp2_linears_without_a_root_is_refused(results):
+    assert "no parent module is" in results["fsdp2_linears_no_root"], results["fsdp2_linears_no_root"]
+
+
+def test_fsdp2_linears_inference_reshards(results):
+    assert results["fsdp2_linears_inference_reshards"] is True
+
+
+def test_fsdp2_converted_hf_moe_model(results):
+    r = results["fsdp2_hf_moe"]
+    if isinstance(r, str):
+        pytest.skip(r)
+    assert r <= 1e-4, results  # a whole LM: its attention and norms sum in other orders per rank

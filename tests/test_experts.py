@@ -45,7 +45,9 @@ def _problem(T, k, seed, dtype=torch.float32, idx=None, E_=E, d=D, Fh=FH):
 
 
 def _hf_eager(x, idx, wts, w1, w2):
-    # Hugging Face's eager experts loop (NemotronHExperts.forward), written out
+    # Hugging Face's eager experts loop (NemotronHExperts.forward), written out, with index E skipped
+    # as Mixtral-style loops and HF's expert-parallel sentinel do (NemotronH's own loop raises an
+    # IndexError for it; tests/test_hf_experts.py compares with the real module on valid indices)
     out = torch.zeros_like(x, dtype=wts.dtype)
     mask = F_.one_hot(idx, num_classes=w1.shape[0] + 1).permute(2, 1, 0)
     for e in torch.greater(mask.sum(dim=(-1, -2)), 0).nonzero().squeeze(-1).tolist():
@@ -236,3 +238,54 @@ def test_track_stats_per_expert():
     m(x, idx, wts)
     s = m.last_stats
     assert 0 < s["zero_fraction"] < 1 and 0 <= s["drop_rowwise"] <= 1 and s["experts_with_tokens"] == E
+
+
+def test_biases_match_oracle_and_get_gradients():
+    x, idx, wts, w1, w2, dout = _problem(40, 2, seed=11)
+    g = gen(12)
+    b1, b2 = torch.randn(E, FH, generator=g) * 0.3 + 0.2, torch.randn(E, D, generator=g) * 0.3
+    leaves = [t.clone().requires_grad_() for t in (x, wts, w1, w2, b1, b2)]
+    with ffn.fallback(False):
+        out = sp24.relu2_experts(leaves[0], idx, leaves[1], leaves[2], leaves[3], leaves[4], leaves[5],
+                                 dense_fraction=0.25)
+    out.backward(dout)
+    ref = reference_ffn.experts(x, idx, wts, w1, w2, dout, dense_fraction=0.25, perms=_perms(idx), b1=b1, b2=b2)
+    _close(out.detach(), ref["out"], torch.float32, "out")
+    for n, t in zip(("dx", "dweights", "dw1", "dw2", "db1", "db2"), leaves):
+        _close(t.grad, ref[n], torch.float32, n)
+    dense = sp24.relu2_experts(x, idx, wts, w1, w2, b1, b2, sparse=False)
+    want = torch.zeros(40, D)
+    for t in range(40):
+        for j in range(2):
+            e = int(idx[t, j])
+            want[t] += wts[t, j] * (torch.relu(x[t] @ w1[e].t() + b1[e]).square() @ w2[e].t() + b2[e])
+    torch.testing.assert_close(dense, want, rtol=1e-5, atol=1e-5)
+
+
+def test_int32_indices_and_non_contiguous_inputs_give_the_same_bits():
+    x, idx, wts, w1, w2, dout = _problem(40, 2, seed=13)
+    with ffn.fallback(False):
+        want = sp24.relu2_experts(x, idx, wts, w1, w2)
+        got = sp24.relu2_experts(x.t().contiguous().t(), idx.int(), wts.t().contiguous().t(),
+                                 w1.transpose(1, 2).contiguous().transpose(1, 2), w2, sparse=True)
+    assert torch.equal(got, want)
+
+
+def test_options_are_checked_even_when_nothing_is_routed():
+    x, idx, wts, w1, w2, _ = _problem(0, 2, seed=14)
+    with pytest.raises(ValueError, match="sp24.relu2_experts: dense_fraction"):
+        sp24.relu2_experts(x, idx, wts, w1, w2, dense_fraction=2.0)
+    with pytest.raises(ValueError, match="gradient must be"):
+        sp24.relu2_experts(x, idx, wts, w1, w2, gradient="bogus")
+
+
+def test_meta_gives_the_shape_and_fake_mode_is_refused():
+    x, idx, wts, w1, w2, _ = (t.to("meta") for t in _problem(8, 2, seed=15))
+    out = sp24.relu2_experts(x, idx, wts, w1, w2)
+    assert out.device.type == "meta" and out.shape == (8, D)
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode():
+        x, idx, wts, w1, w2 = torch.randn(8, D), torch.zeros(8, 2, dtype=torch.long), torch.rand(8, 2), \
+            torch.randn(E, FH, D), torch.randn(E, D, FH)
+        with pytest.raises(RuntimeError, match="cannot run under FakeTensorMode"):
+            sp24.relu2_experts(x, idx, wts, w1, w2)

@@ -194,3 +194,26 @@ def test_experts_false_leaves_them():
     cls = type(model.get_submodule(EXPERTS))
     _, report = sp24.nn.convert(model, experts=False, return_report=True)
     assert (EXPERTS, "MoE experts: experts=False") in report.skipped and type(model.get_submodule(EXPERTS)) is cls
+
+
+def test_relu2_experts_dense_is_the_real_eager_module():
+    # sp24.relu2_experts(sparse=False) against NemotronHExperts.forward itself (eager), bit for bit
+    model = moe_model(impl="eager")
+    experts = model.get_submodule(EXPERTS)
+    g = torch.Generator().manual_seed(9)
+    h = torch.randn(24, 32, generator=g)
+    idx = torch.stack([torch.randperm(8, generator=g)[:2] for _ in range(24)])
+    wts = torch.rand(24, 2, generator=g)
+    with torch.no_grad():
+        assert torch.equal(experts(h, idx, wts), sp24.relu2_experts(h, idx, wts, experts.up_proj, experts.down_proj,
+                                                                    sparse=False))
+
+
+def test_a_swapped_class_called_directly_is_a_dense_module_with_a_mode():
+    model = moe_model()
+    sp24.nn.convert(model)
+    experts = model.get_submodule(EXPERTS)
+    fresh = type(experts)(model.config)
+    assert not fresh.sparse and fresh.linear_names == ("up_proj", "down_proj") and "sp24_mode" in fresh.state_dict()
+    _, report = sp24.nn.convert(torch.nn.ModuleDict({"e": fresh}), return_report=True)
+    assert report.swapped == [] and report.skipped == []  # already converted

@@ -15,8 +15,8 @@ count and shape), and the outputs, scaled by the routing weights, are added back
 launches the FFN's kernels once per active expert. Order and rounding follow Hugging Face's eager
 experts: experts in increasing index, within an expert the pairs ordered by slot then token, the
 sum accumulated in top_k_weights' dtype and returned in x's dtype. An index equal to E marks a
-dropped pair (expert parallelism's sentinel, as Hugging Face's one_hot(E + 1) allows): it adds
-nothing. Autograd reaches x, both weight stacks, the biases and top_k_weights (the router's
+dropped pair (the sentinel of Hugging Face's expert-parallel grouped_mm path and of Mixtral-style
+eager loops; NemotronH's own eager loop raises an IndexError for it): it adds nothing. Autograd reaches x, both weight stacks, the biases and top_k_weights (the router's
 gradient).
 """
 
@@ -27,8 +27,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from torch._subclasses.fake_tensor import is_fake
+
 from . import _checks
-from .ffn import relu2_ffn
+from .ffn import _check_options, relu2_ffn
 
 __all__ = ["relu2_experts", "route"]
 
@@ -66,16 +68,21 @@ def _check(x, idx, weights, w1, w2, b1, b2) -> None:
 def route(top_k_index: Tensor, num_experts: int) -> tuple[Tensor, Tensor, list]:
     """(tokens, slots, counts): the (token, slot) pairs grouped by expert, in Hugging Face's eager
     order (experts increasing; within an expert by slot, then token), and the number of pairs of
-    each expert (a Python list: the per-expert loop needs the sizes on the host, one sync).
+    each expert (a Python list: the per-expert loop needs the sizes on the host; one transfer
+    carries them and the index range).
     Pairs routed to index num_experts (dropped) come last and are not counted."""
     T, k = top_k_index.shape
     flat = top_k_index.t().reshape(-1)   # pair i = j * T + t: slot-major, as torch.where(mask[e]) orders them
-    if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) > num_experts):
+    if not flat.numel():
+        return flat, flat, [0] * num_experts
+    # one host transfer: the index range and the per-expert counts
+    lo_hi = torch.stack([flat.min(), flat.max()]).to(torch.int64)
+    host = torch.cat([lo_hi, torch.bincount(flat.clamp(0, num_experts), minlength=num_experts + 1)]).tolist()
+    if host[0] < 0 or host[1] > num_experts:
         raise ValueError(f"{OP}: top_k_index must lie in [0, {num_experts}] ({num_experts} marks a dropped token), "
-                         f"got values in [{int(flat.min())}, {int(flat.max())}]")
+                         f"got values in [{host[0]}, {host[1]}]")
     order = torch.sort(flat, stable=True).indices
-    counts = torch.bincount(flat, minlength=num_experts + 1)[:num_experts].tolist()
-    return order % T, order // T, counts
+    return order % T, order // T, host[2:2 + num_experts]
 
 
 def relu2_experts(x: Tensor, top_k_index: Tensor, top_k_weights: Tensor, w1: Tensor, w2: Tensor,
@@ -110,7 +117,15 @@ def relu2_experts(x: Tensor, top_k_index: Tensor, top_k_weights: Tensor, w1: Ten
     """
     _check(x, top_k_index, top_k_weights, w1, w2, b1, b2)
     sparse = _checks.check_bool(OP, "sparse", sparse)
+    _checks.check_bool(OP, "fp8", fp8)
+    _check_options(x, sparse, permute_tokens, dense_fraction, sparse_backward, gradient, OP)  # even if none is routed
     E, Fh, d = w1.shape
+    if x.device.type == "meta":  # no values, no routing: the output's shape and dtype only
+        return x.new_empty(x.shape)
+    if is_fake(x) and not torch.compiler.is_compiling():
+        raise RuntimeError(f"{OP}: the per-expert path needs the routing's per-expert token counts on the host, so it "
+                           f"cannot run under FakeTensorMode (nor torch.compile(fullgraph=True)); run it eagerly or "
+                           f"under torch.compile without fullgraph (a graph break at the routing)")
     if sparse and (d % 8 or Fh % 8):
         raise ValueError(f"{OP}: sparse=True needs d and F (the expert width) to be multiples of 8, got d={d}, "
                          f"F={Fh}; use sparse=False for this expert shape")

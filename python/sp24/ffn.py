@@ -134,10 +134,9 @@ def _check(x, w1, w2, b1, b2, sparse: bool, dense_fraction: float, same_dtype: b
                          f"weights with zero rows/columns to a multiple of 8 or use sparse=False")
 
 
-def _check_options(x, sparse, permute_tokens, dense_fraction, sparse_backward, gradient):
+def _check_options(x, sparse, permute_tokens, dense_fraction, sparse_backward, gradient, op="sp24.relu2_ffn"):
     """relu2_ffn's options, checked (sparse, permute_tokens, dense_fraction, sparse_backward), in this
-    order, then gradient and x's dtype class."""
-    op = "sp24.relu2_ffn"
+    order, then gradient and x's dtype class; errors name op."""
     sparse = _checks.check_bool(op, "sparse", sparse)  # sparse="False" would be truthy: refuse it
     permute_tokens = _checks.check_bool(op, "permute_tokens", permute_tokens)
     dense_fraction = _checks.check_fraction(op, "dense_fraction", dense_fraction)

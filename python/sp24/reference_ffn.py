@@ -101,30 +101,37 @@ def grads(x: Tensor, w1: Tensor, w2: Tensor, b1: Optional[Tensor], b2: Optional[
 
 
 def experts(x: Tensor, top_k_index: Tensor, top_k_weights: Tensor, w1: Tensor, w2: Tensor, dout: Tensor, *,
-            dense_fraction: float = 0.05, perms: Optional[dict] = None) -> dict:
+            dense_fraction: float = 0.05, perms: Optional[dict] = None, b1: Optional[Tensor] = None,
+            b2: Optional[Tensor] = None) -> dict:
     """The routed experts of sp24.relu2_experts (sparse mode), forward and approximate gradients, for
     x (T, d), top_k_index / top_k_weights (T, k), w1 (E, F, d), w2 (E, d, F), dout (T, d):
     out, dx, dw1, dw2, dweights. Each expert e takes the tokens routed to it, ordered by slot then
-    token (torch.where on its (k, T) one-hot mask), through this module's forward / grads;
-    perms[n] is the token permutation of an expert with n tokens (None: no permutation);
-    index E marks a dropped pair."""
+    token (torch.where on its (k, T) one-hot mask), through this module's forward / grads (with the
+    expert's biases b1[e], b2[e] if given: db1, db2 are returned then); perms[n] is the token
+    permutation of an expert with n tokens (None: no permutation); index E marks a dropped pair."""
     E = w1.shape[0]
     acc = top_k_weights.dtype
     out = torch.zeros(x.shape, dtype=acc)
     dx, dw1, dw2 = torch.zeros(x.shape, dtype=acc), torch.zeros_like(w1), torch.zeros_like(w2)
     dweights = torch.zeros_like(top_k_weights)
+    db1 = None if b1 is None else torch.zeros_like(b1)
+    db2 = None if b2 is None else torch.zeros_like(b2)
+    bias = lambda b, e: None if b is None else b[e]  # noqa: E731
     for e in range(E):
         slot, tok = torch.where(top_k_index.t() == e)
         if tok.numel() == 0:
             continue
         perm = None if perms is None else perms[tok.numel()]
         rw = top_k_weights[tok, slot]
-        y = forward(x[tok], w1[e], w2[e], perm=perm)["out"]
+        y = forward(x[tok], w1[e], w2[e], bias(b1, e), bias(b2, e), perm=perm)["out"]
         out.index_add_(0, tok, (y * rw[:, None]).to(acc))
         # out += y * w: dL/dy = dout * w (in the product's dtype), dL/dw = <dout, y>
-        g = grads(x[tok], w1[e], w2[e], None, None, (dout[tok] * rw[:, None]).to(x.dtype),
+        g = grads(x[tok], w1[e], w2[e], bias(b1, e), bias(b2, e), (dout[tok] * rw[:, None]).to(x.dtype),
                   dense_fraction=dense_fraction, perm=perm)
         dx.index_add_(0, tok, g["dx"].to(acc))
         dw1[e], dw2[e] = g["dw1"], g["dw2"]
+        if b1 is not None:
+            db1[e], db2[e] = g["db1"], g["db2"]
         dweights[tok, slot] = (dout[tok].to(acc) * y.to(acc)).sum(-1)
-    return {"out": out.to(x.dtype), "dx": dx.to(x.dtype), "dw1": dw1, "dw2": dw2, "dweights": dweights}
+    return {"out": out.to(x.dtype), "dx": dx.to(x.dtype), "dw1": dw1, "dw2": dw2, "dweights": dweights,
+            "db1": db1, "db2": db2}

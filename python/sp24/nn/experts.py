@@ -24,6 +24,7 @@ original class, and this module recreates the class on lookup.
 from __future__ import annotations
 
 import math
+import re
 from typing import Optional
 
 import torch
@@ -36,14 +37,17 @@ from ._mode import SparseMode
 
 __all__ = ["ReLU2Experts", "swapped_class"]
 
-_PREFIX = "Sp24Experts__"
-_DOT = "_dot_"
-_SEP = "__of__"
+_PREFIX = "Sp24Experts_"
 _SWAPPED: dict = {}
 
 
 class _ExpertsMode(SparseMode):
-    """The sp24 side of an experts module: forward picks dense (the class's own forward) or 2:4."""
+    """The sp24 side of an experts module: forward picks dense (the class's own forward) or 2:4.
+    The class attributes are the defaults of a module made by calling a swapped class directly."""
+
+    sparse, dense_fraction, permute_tokens, fp8 = False, 0.05, True, False
+    gradient, sparse_backward, track_stats, last_stats = "24sparse", True, False, None
+    linear_names = ("up_proj", "down_proj")
 
     def _sp24_weights(self):
         n1, n2 = self.linear_names
@@ -143,16 +147,25 @@ class ReLU2Experts(_ExpertsMode, _DenseExperts):
 # converting an existing experts module in place
 
 
+def _escape(s: str) -> str:
+    # "_" -> "_u", "." -> "_d": reversible, and never "_s", the separator
+    return s.replace("_", "_u").replace(".", "_d")
+
+
+def _unescape(s: str) -> str:
+    return re.sub(r"_([ud])", lambda m: "_" if m.group(1) == "u" else ".", s)
+
+
 def _encode(cls: type) -> str:
-    return _PREFIX + cls.__module__.replace(".", _DOT) + _SEP + cls.__qualname__.replace(".", _DOT)
+    return _PREFIX + _escape(cls.__module__) + "_s" + _escape(cls.__qualname__)
 
 
 def _decode(name: str) -> type:
     import importlib
 
-    mod, qual = name[len(_PREFIX):].split(_SEP)
-    obj = importlib.import_module(mod.replace(_DOT, "."))
-    for part in qual.replace(_DOT, ".").split("."):
+    mod, qual = (_unescape(p) for p in name[len(_PREFIX):].split("_s"))
+    obj = importlib.import_module(mod)
+    for part in qual.split("."):
         obj = getattr(obj, part)
     return obj
 

@@ -12,6 +12,7 @@ from ..api import stats as _stats
 from ..ffn import relu2_ffn
 from ._args import _check_bool, _check_names
 from ._mode import MODE_KEY, SparseMode  # noqa: F401  (MODE_KEY: public as sp24.nn.MODE_KEY)
+from . import fsdp as _fsdp
 from . import tensor_parallel as _tp
 from .adapters import _chain, _is_peft_lora, _lora_weight, _plain_linear
 
@@ -137,11 +138,12 @@ class ReLU2FFN(SparseMode, nn.Module):
                 return mods[names[0 if name == "w1" else 1]]
         return super().__getattr__(name)
 
-    def _sparse_weights(self, l1, l2):
+    def _sparse_weights(self, l1, l2, sharded=()):
         n1, n2 = self.linear_names
+        _fsdp.gather(sharded)  # FSDP2-sharded Linears: all-gather their weights (sp24.nn.fsdp)
         out = []
         for name, m in ((n1, l1), (n2, l2)):
-            if _plain_linear(m):
+            if _plain_linear(m) or any(m is s for s in sharded):
                 out += [m.weight, m.bias]
             elif _is_peft_lora(m):
                 w, b, why = _lora_weight(name, m)
@@ -163,10 +165,18 @@ class ReLU2FFN(SparseMode, nn.Module):
             self._record_stats(x, l1)
         if not self.sparse and not self.fp8:
             return l2(torch.relu(l1(x)).square())
-        plan, why = _tp.detect(l1, l2, fp8=self.fp8)
-        if plan is not None:
-            return _tp.forward(plan, l1, l2, x, **self._ffn_kwargs())
-        weights, why = (None, why) if why else self._sparse_weights(l1, l2)
+        # FSDP2 on the Linears (their DTensor shards are FSDP2's), else tensor parallelism, else plain
+        sharded, why = _fsdp.sharded_linears(self.linear_names, l1, l2)
+        if not sharded and not why:
+            plan, why = _tp.detect(l1, l2, fp8=self.fp8)
+            if plan is not None:
+                return _tp.forward(plan, l1, l2, x, **self._ffn_kwargs())
+        if why:  # a parallelism (DTensor weights) sp24 does not serve: never a silent dense run
+            raise ValueError(f"sp24.nn.ReLU2FFN{f' {where}' if (where := getattr(self, '_sp24_where', None)) else ''}: "
+                             f"{why}; the 2:4 path cannot run. Use torch's ColwiseParallel / RowwiseParallel for "
+                             f"the two Linears, fully_shard the Linears (with a fully_shard-ed parent) or the "
+                             f"block, or set_sparse(model, False) to run dense")
+        weights, why = self._sparse_weights(l1, l2, sharded)
         if weights is None:
             where = getattr(self, "_sp24_where", None)
             warnings.warn(f"sp24.nn.ReLU2FFN{f' {where}' if where else ''}: {why}; this FFN runs dense (calling "
@@ -175,7 +185,9 @@ class ReLU2FFN(SparseMode, nn.Module):
                           f"silence this", stacklevel=2)
             return l2(torch.relu(l1(x)).square())
         w1, w2, b1, b2 = weights
-        return relu2_ffn(x, w1, w2, b1, b2, **self._ffn_kwargs())
+        out = relu2_ffn(x, w1, w2, b1, b2, **self._ffn_kwargs())
+        _fsdp.release_after_inference(sharded, torch.is_grad_enabled())
+        return out
 
     def _ffn_kwargs(self) -> dict:
         return {"sparse": self.sparse, "dense_fraction": self.dense_fraction, "permute_tokens": self.permute_tokens,
