@@ -108,3 +108,19 @@ def assert_2to4_invariants(indices: torch.Tensor) -> None:
 
 __all__ = ["sp24", "DTYPES", "DEVICES", "requires_cuda", "cuda_ready", "tie_free", "tie_heavy", "randn",
            "special", "assert_bits_equal", "assert_2to4_invariants", "gen"]
+
+
+def train_lm_with_warmup(model, batch, steps: int = 12, warmup: int = 2, lr: float = 3e-3):
+    """Train a Hugging Face causal LM on one batch with sp24.nn.DenseWarmup: (losses, the warm-up)."""
+    import sp24
+    warm = sp24.nn.DenseWarmup(model, steps=warmup)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = model(batch, labels=batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        warm.step()
+        losses.append(loss.item())
+    return losses, warm

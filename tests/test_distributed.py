@@ -276,18 +276,12 @@ def test_sparse_sharding_changes_the_approximation(results):
     assert results["whole_vs_shards_sparse"] > 1e-3
 
 
+# fsdp2: ReLU2FFN; fsdp2_moe: routed experts sharded by FSDP2 (dim 0 of the (E, F, d) stacks), each
+# rank routing its own tokens
+@pytest.mark.parametrize("what", ["fsdp2", "fsdp2_moe"])
 @pytest.mark.parametrize("mode", ["dense", "sparse"])
-def test_fsdp2_gradients(results, mode):
-    r = results[f"fsdp2_{mode}"]
-    if isinstance(r, str):
-        pytest.skip(r)
-    assert r <= TOL, results
-
-
-@pytest.mark.parametrize("mode", ["dense", "sparse"])
-def test_fsdp2_moe_gradients(results, mode):
-    # routed experts sharded by FSDP2 (dim 0 of the (E, F, d) stacks): each rank routes its own tokens
-    r = results[f"fsdp2_moe_{mode}"]
+def test_fsdp2_gradients(results, what, mode):
+    r = results[f"{what}_{mode}"]
     if isinstance(r, str):
         pytest.skip(r)
     assert r <= TOL, results

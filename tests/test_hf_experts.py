@@ -14,6 +14,7 @@ import warnings
 import pytest
 import torch
 
+from helpers import train_lm_with_warmup
 import sp24
 from sp24 import ffn
 
@@ -96,17 +97,7 @@ def test_sparse_path_is_relu2_experts_and_gradients_reach_router_experts_inputs(
 def test_sparse_training_reduces_the_loss():
     model = moe_model().train()
     sp24.nn.convert(model)
-    warm = sp24.nn.DenseWarmup(model, steps=2)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    batch = ids(seed=3, shape=(4, 32))
-    losses = []
-    for _ in range(12):
-        loss = model(batch, labels=batch).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        warm.step()
-        losses.append(loss.item())
+    losses, warm = train_lm_with_warmup(model, ids(seed=3, shape=(4, 32)))
     assert model.get_submodule(EXPERTS).sparse and warm.done
     assert losses[-1] < losses[2] - 0.1, losses
 
