@@ -131,14 +131,21 @@ def relu2_experts(x: Tensor, top_k_index: Tensor, top_k_weights: Tensor, w1: Ten
                          f"F={Fh}; use sparse=False for this expert shape")
     tokens, slots, counts = route(top_k_index, E)
     out = torch.zeros_like(x, dtype=top_k_weights.dtype)
-    start = 0
-    for e, n in enumerate(counts):
-        if n == 0:
-            continue
-        tok, slot = tokens[start:start + n], slots[start:start + n]
-        start += n
-        y = relu2_ffn(x[tok], w1[e], w2[e], None if b1 is None else b1[e], None if b2 is None else b2[e],
-                      sparse=sparse, dense_fraction=dense_fraction, permute_tokens=permute_tokens,
-                      gradient=gradient, sparse_backward=sparse_backward, fp8=fp8)
-        out.index_add_(0, tok, (y * top_k_weights[tok, slot, None]).to(out.dtype))
-    return out.to(x.dtype)
+    n_pairs = sum(counts)
+    if n_pairs == 0:
+        return out.to(x.dtype)
+    tok, slot = tokens[:n_pairs], slots[:n_pairs]
+    # One gather of the routed rows, split per expert, and the stacks unbound once: their backwards
+    # are one scatter, one concatenation and one stack. Indexing x[tok_e] and w1[e] per expert would
+    # allocate a zero (T, d) / (E, F, d) gradient per expert (E^2 traffic for the stacks).
+    stacks = [None if t is None else t.unbind(0) for t in (w1, w2, b1, b2)]
+    ys = []
+    for e, xe in zip((e for e, n in enumerate(counts) if n), x.index_select(0, tok).split([n for n in counts if n])):
+        w1e, w2e, b1e, b2e = (None if st is None else st[e] for st in stacks)
+        ys.append(relu2_ffn(xe, w1e, w2e, b1e, b2e, sparse=sparse, dense_fraction=dense_fraction,
+                            permute_tokens=permute_tokens, gradient=gradient, sparse_backward=sparse_backward,
+                            fp8=fp8))
+    # index_select, not advanced indexing: its backward is an index_add_, not an accumulating index_put
+    y = torch.cat(ys) * top_k_weights.reshape(-1).index_select(0, tok * top_k_index.shape[1] + slot)[:, None]
+    # pairs in expert order: on the CPU the same sequence of additions as one index_add_ per expert
+    return out.index_add_(0, tok, y.to(out.dtype)).to(x.dtype)
