@@ -180,6 +180,27 @@ def test_fp8_tiny(tmp_path):
     assert "speedup" not in rows["dense_fp8_mm"] and "speedup" not in rows["quantize_x_w1_w2"]
 
 
+def test_moe_tiny(tmp_path):
+    doc = run_cmd(tmp_path, "moe")
+    by = {r["name"]: r for r in doc["rows"]}
+    want = [f"{n}_{p}" for n in ("dense_experts_eager", "dense_experts_grouped", "sparse_experts", "sparse_experts_auto")
+            for p in ("fwd_bwd", "fwd")]
+    assert list(by) == want
+    for phase in ("fwd_bwd", "fwd"):
+        dense = [by[f"dense_experts_{i}_{phase}"] for i in ("eager", "grouped") if by[f"dense_experts_{i}_{phase}"]["status"] == "ok"]
+        best = min(dense, key=lambda r: r["median_us"])
+        for n in ("sparse_experts", "sparse_experts_auto"):
+            r = by[f"{n}_{phase}"]
+            assert r["status"] == "ok" and r["baseline"] == best["name"]
+            assert r["speedup"] == pytest.approx(best["median_us"] / r["median_us"])
+        assert all((r["T"], r["d"], r["F"], r["E"], r["k"]) == (64, 16, 32, 4, 2) for r in by.values())
+
+
+def test_moe_shape_errors(tmp_path):
+    with pytest.raises(SystemExit, match="--shape must be nano, study or T,d,F,E,k"):
+        main(["moe", "--out", str(tmp_path), *FAST, "--shape", "64,16,30,4,2"])
+
+
 def test_crossover_tiny_writes_fallback_table(tmp_path):
     doc = run_cmd(tmp_path, "crossover", "--compile-backend", "eager", "--compile", "off")
     data_file = tmp_path / "data" / "crossover.json"

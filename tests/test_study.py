@@ -205,6 +205,14 @@ def test_bench_cpu_ffn_prints_the_ratio(tmp_path, capsys):
     assert "| 64, 16, 64 |" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="multiples of 8"):
         bench_main(["cpu-ffn", "--shapes", "64:12:64", "--out", str(tmp_path)])
+    # --moe: routed experts, same interleaving, its own files
+    assert bench_main(["cpu-ffn", "--shapes", "64:16:32", "--moe", "4:2", "--reps", "2", "--warmup", "0",
+                       "--out", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / "cpu_moe.json").read_text())
+    assert doc["moe"] == [4, 2] and (doc["rows"][0]["E"], doc["rows"][0]["k"]) == (4, 2)
+    assert "relu2_experts (E=4, top-2)" in (tmp_path / "cpu_moe.md").read_text()
+    with pytest.raises(SystemExit, match="--moe must be E:k"):
+        bench_main(["cpu-ffn", "--shapes", "64:16:32", "--moe", "2:3", "--out", str(tmp_path)])
 
 
 def test_moe_micro_study(tmp_path):
