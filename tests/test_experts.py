@@ -289,3 +289,13 @@ def test_meta_gives_the_shape_and_fake_mode_is_refused():
             torch.randn(E, FH, D), torch.randn(E, D, FH)
         with pytest.raises(RuntimeError, match="cannot run under FakeTensorMode"):
             sp24.relu2_experts(x, idx, wts, w1, w2)
+
+
+def test_stack_dtypes_are_checked_even_when_nothing_is_routed():
+    x, _, wts, w1, w2, _ = _problem(6, 2, seed=16)
+    dropped = torch.full((6, 2), E)
+    for kw in (dict(w1=w1.bfloat16()), dict(w2=w2.bfloat16())):
+        a = dict(w1=w1, w2=w2) | kw
+        for idx in (dropped, torch.zeros(6, 2, dtype=torch.long)):
+            with pytest.raises(TypeError, match=r"sp24.relu2_experts: w[12].dtype must equal x.dtype"):
+                sp24.relu2_experts(x, idx, wts, a["w1"], a["w2"], sparse=False)

@@ -208,3 +208,16 @@ def test_a_swapped_class_called_directly_is_a_dense_module_with_a_mode():
     assert not fresh.sparse and fresh.linear_names == ("up_proj", "down_proj") and "sp24_mode" in fresh.state_dict()
     _, report = sp24.nn.convert(torch.nn.ModuleDict({"e": fresh}), return_report=True)
     assert report.swapped == [] and report.skipped == []  # already converted
+
+
+def test_a_mamba_conv1d_is_not_reported_as_experts():
+    torch.manual_seed(0)
+    cfg = transformers.NemotronHConfig(
+        vocab_size=V, hidden_size=32, layers_block_type=["mamba", "moe"], num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, intermediate_size=64, n_routed_experts=4, num_experts_per_tok=2,
+        moe_intermediate_size=32, moe_shared_expert_intermediate_size=32, max_position_embeddings=64,
+        mamba_num_heads=4, mamba_head_dim=16, ssm_state_size=16, n_groups=1)
+    model = transformers.NemotronHForCausalLM(cfg)
+    _, report = sp24.nn.convert(model, return_report=True)
+    assert "model.layers.1.mixer.experts" in report.swapped
+    assert not any("conv1d" in n for n, _ in report.skipped), report.skipped

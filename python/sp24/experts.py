@@ -79,7 +79,7 @@ def route(top_k_index: Tensor, num_experts: int) -> tuple[Tensor, Tensor, list]:
     lo_hi = torch.stack([flat.min(), flat.max()]).to(torch.int64)
     host = torch.cat([lo_hi, torch.bincount(flat.clamp(0, num_experts), minlength=num_experts + 1)]).tolist()
     if host[0] < 0 or host[1] > num_experts:
-        raise ValueError(f"{OP}: top_k_index must lie in [0, {num_experts}] ({num_experts} marks a dropped token), "
+        raise ValueError(f"{OP}: top_k_index must lie in [0, {num_experts}] ({num_experts} marks a dropped pair), "
                          f"got values in [{host[0]}, {host[1]}]")
     order = torch.sort(flat, stable=True).indices
     return order % T, order // T, host[2:2 + num_experts]
@@ -119,6 +119,10 @@ def relu2_experts(x: Tensor, top_k_index: Tensor, top_k_weights: Tensor, w1: Ten
     sparse = _checks.check_bool(OP, "sparse", sparse)
     _checks.check_bool(OP, "fp8", fp8)
     _check_options(x, sparse, permute_tokens, dense_fraction, sparse_backward, gradient, OP)  # even if none is routed
+    if not fp8 and not (x.device.type != "meta" and torch.is_autocast_enabled(x.device.type)):
+        for name, t in (("w1", w1), ("w2", w2), ("b1", b1), ("b2", b2)):
+            if t is not None and t.dtype != x.dtype:  # checked here, not per expert: also with nothing routed
+                raise TypeError(f"{OP}: {name}.dtype must equal x.dtype ({x.dtype}), got {t.dtype}")
     E, Fh, d = w1.shape
     if x.device.type == "meta":  # no values, no routing: the output's shape and dtype only
         return x.new_empty(x.shape)

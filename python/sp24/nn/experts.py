@@ -200,7 +200,10 @@ def experts_layout(m: nn.Module) -> tuple[Optional[tuple], str]:
     if not three_d:
         return None, ""
     pair = next(((a, b) for a, b in LINEAR_PAIRS if a in three_d and b in three_d), None)
-    if pair is None or any(k in params for k in ("gate_up_proj", "gate_proj")) or getattr(m, "has_gate", False):
+    gated = any(k in three_d for k in ("gate_up_proj", "gate_proj")) or getattr(m, "has_gate", False) is True
+    if pair is None and not gated:
+        return None, ""  # a 3-D weight of something else (e.g. a Mamba mixer's conv1d): no experts module
+    if pair is None or gated:
         return None, (f"MoE experts with 3-D weights {three_d} are gated or use names sp24 does not know (it "
                       f"converts non-gated Squared-ReLU experts with up_proj (E, F, d) / down_proj (E, d, F))")
     w1, w2 = params[pair[0]], params[pair[1]]

@@ -55,7 +55,8 @@ def _mode_key(name: str, keys: list) -> str:
         if len(hits) == 1:
             return hits[0]
         if hits:
-            break  # ambiguous
+            raise KeyError(f"sp24.nn.load_mode: {key!r} is ambiguous in the state_dict: {len(hits)} keys end in "
+                           f"{tail!r} ({', '.join(sorted(hits)[:4])}); pass a state_dict of this model only")
     raise KeyError(f"sp24.nn.load_mode: no {key!r} (nor one key differing from it only by a leading prefix) in the "
                    f"state_dict; was it saved from a converted model?")
 
