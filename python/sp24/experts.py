@@ -30,7 +30,7 @@ from torch import Tensor
 from torch._subclasses.fake_tensor import is_fake
 
 from . import _checks
-from .ffn import _check_options, relu2_ffn
+from .ffn import _autocast_dtype, _check_options, relu2_ffn
 
 __all__ = ["relu2_experts", "route"]
 
@@ -119,7 +119,7 @@ def relu2_experts(x: Tensor, top_k_index: Tensor, top_k_weights: Tensor, w1: Ten
     sparse = _checks.check_bool(OP, "sparse", sparse)
     _checks.check_bool(OP, "fp8", fp8)
     _check_options(x, sparse, permute_tokens, dense_fraction, sparse_backward, gradient, OP)  # even if none is routed
-    if not fp8 and not (x.device.type != "meta" and torch.is_autocast_enabled(x.device.type)):
+    if not fp8 and _autocast_dtype(x) is None:
         for name, t in (("w1", w1), ("w2", w2), ("b1", b1), ("b2", b2)):
             if t is not None and t.dtype != x.dtype:  # checked here, not per expert: also with nothing routed
                 raise TypeError(f"{OP}: {name}.dtype must equal x.dtype ({x.dtype}), got {t.dtype}")

@@ -23,3 +23,12 @@ def _is_relu2(m: nn.Module) -> bool:
 def _fake_or_meta(t: Tensor) -> bool:
     from torch._subclasses.fake_tensor import is_fake
     return t.device.type == "meta" or is_fake(t)
+
+
+def _probe_matches(got: Tensor, want: Tensor, dtype) -> bool:
+    """Whether a module's output on a probe equals the Squared-ReLU computation of its weights, up to
+    the rounding of its dtype (convert's verification of MLP blocks and of experts modules)."""
+    import torch
+
+    tol = 1e-4 if dtype in (torch.float32, torch.float64) else 3e-2
+    return bool(torch.allclose(got.float(), want.float(), rtol=tol, atol=tol * float(want.abs().max().clamp(min=1))))

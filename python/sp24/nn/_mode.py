@@ -16,7 +16,11 @@ MODE_KEY = "sp24_mode"  # the state_dict key (under each sp24 module's prefix) o
 
 class SparseMode:
     """Mixin of the sp24 modules with a switchable 2:4 path (``isinstance(m, SparseMode)`` finds
-    them): the training options as plain attributes, the mode in the state_dict."""
+    them): the training options as plain attributes (these class attributes are their defaults),
+    the mode in the state_dict."""
+
+    sparse, dense_fraction, permute_tokens, fp8 = False, 0.05, True, False
+    gradient, sparse_backward, track_stats, last_stats = "24sparse", True, False, None
 
     def _init_flags(self, sparse, dense_fraction, names) -> None:
         from ._args import _check_bool, _check_fraction
@@ -24,12 +28,8 @@ class SparseMode:
         op = self._sp24_name()
         self.sparse = _check_bool(op, "sparse", sparse)
         self.dense_fraction = _check_fraction(op, dense_fraction)
-        self.permute_tokens = True
-        self.gradient = "24sparse"
-        self.sparse_backward = True
-        self.fp8 = False
-        self.track_stats = False
-        self.last_stats = None
+        for k in ("permute_tokens", "gradient", "sparse_backward", "fp8", "track_stats", "last_stats"):
+            setattr(self, k, getattr(SparseMode, k))
         self.linear_names = names
 
     def _sp24_name(self) -> str:

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from ._args import _check_bool, _check_fraction, _check_module
 from .adapters import _base_linear, _chain
-from ._detect import LINEAR_PAIRS, RELU2_NAMES, _fake_or_meta, _is_relu2  # noqa: F401  (public names)
+from ._detect import LINEAR_PAIRS, RELU2_NAMES, _fake_or_meta, _is_relu2, _probe_matches  # noqa: F401  (public names)
 from .experts import _ExpertsMode, convert_experts, experts_layout, verify_experts
 from .ffn import ReLU2FFN
 
@@ -86,8 +86,7 @@ def _verify(m: nn.Module, n1: str, n2: str, l1: nn.Linear, l2: nn.Linear) -> str
         return ""
     with torch.no_grad():
         want = l2(torch.relu(l1(x)).square())
-    tol = 1e-4 if w.dtype in (torch.float32, torch.float64) else 3e-2
-    if not torch.allclose(got.float(), want.float(), rtol=tol, atol=tol * float(want.abs().max().clamp(min=1))):
+    if not _probe_matches(got, want, w.dtype):
         return "its forward is not the Squared-ReLU FFN of its Linears (e.g. gated, another activation, extra ops)"
     return ""
 

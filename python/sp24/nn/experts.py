@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from ..experts import relu2_experts
 from ._args import _check_names
-from ._detect import LINEAR_PAIRS, _fake_or_meta, _is_relu2
+from ._detect import LINEAR_PAIRS, _fake_or_meta, _is_relu2, _probe_matches
 from ._mode import SparseMode
 
 __all__ = ["ReLU2Experts", "swapped_class"]
@@ -43,10 +43,8 @@ _SWAPPED: dict = {}
 
 class _ExpertsMode(SparseMode):
     """The sp24 side of an experts module: forward picks dense (the class's own forward) or 2:4.
-    The class attributes are the defaults of a module made by calling a swapped class directly."""
+    A module made by calling a swapped class directly has SparseMode's default mode."""
 
-    sparse, dense_fraction, permute_tokens, fp8 = False, 0.05, True, False
-    gradient, sparse_backward, track_stats, last_stats = "24sparse", True, False, None
     linear_names = ("up_proj", "down_proj")
 
     def _sp24_weights(self):
@@ -253,7 +251,6 @@ def verify_experts(m: nn.Module, pair: tuple) -> str:
                 f"{type(e).__name__}: {e}")
     if not isinstance(got, Tensor) or got.shape != want.shape:
         return f"its forward does not map (T, d) tokens to (T, d): got {type(got).__name__} {getattr(got, 'shape', '')}"
-    tol = 1e-4 if w1.dtype in (torch.float32, torch.float64) else 3e-2
-    if not torch.allclose(got.float(), want.float(), rtol=tol, atol=tol * float(want.abs().max().clamp(min=1))):
+    if not _probe_matches(got, want, w1.dtype):
         return "its forward is not the routed Squared-ReLU experts of its weights (another activation or extra ops)"
     return ""

@@ -140,7 +140,6 @@ class ReLU2FFN(SparseMode, nn.Module):
 
     def _sparse_weights(self, l1, l2, sharded=()):
         n1, n2 = self.linear_names
-        _fsdp.gather(sharded)  # FSDP2-sharded Linears: all-gather their weights (sp24.nn.fsdp)
         out = []
         for name, m in ((n1, l1), (n2, l2)):
             if _plain_linear(m) or any(m is s for s in sharded):
@@ -171,14 +170,14 @@ class ReLU2FFN(SparseMode, nn.Module):
             plan, why = _tp.detect(l1, l2, fp8=self.fp8)
             if plan is not None:
                 return _tp.forward(plan, l1, l2, x, **self._ffn_kwargs())
+        where = getattr(self, "_sp24_where", None)
         if why:  # a parallelism (DTensor weights) sp24 does not serve: never a silent dense run
-            raise ValueError(f"sp24.nn.ReLU2FFN{f' {where}' if (where := getattr(self, '_sp24_where', None)) else ''}: "
-                             f"{why}; the 2:4 path cannot run. Use torch's ColwiseParallel / RowwiseParallel for "
-                             f"the two Linears, fully_shard the Linears (with a fully_shard-ed parent) or the "
+            raise ValueError(f"sp24.nn.ReLU2FFN{f' {where}' if where else ''}: {why}; the 2:4 path cannot run. "
+                             f"Use torch's ColwiseParallel / RowwiseParallel for the two Linears, fully_shard the Linears (with a fully_shard-ed parent) or the "
                              f"block, or set_sparse(model, False) to run dense")
+        _fsdp.gather(sharded)  # FSDP2-sharded Linears: all-gather their weights (sp24.nn.fsdp)
         weights, why = self._sparse_weights(l1, l2, sharded)
         if weights is None:
-            where = getattr(self, "_sp24_where", None)
             warnings.warn(f"sp24.nn.ReLU2FFN{f' {where}' if where else ''}: {why}; this FFN runs dense (calling "
                           f"its modules) instead of {'2:4' if self.sparse else 'FP8'}. Remove what stops the sp24 "
                           f"path, or set_sparse(model, False) (and .fp8 = False) to run dense on purpose and "
