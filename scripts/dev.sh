@@ -39,7 +39,8 @@ else
 fi
 PY="$VENV/bin/python"
 # the test extra's Hugging Face packages (tests/test_hf.py), pinned for reproducible runs
-HF_REQS="transformers==5.24.0 peft==0.21.2"
+# and torchtitan (tests/test_torchtitan.py: sp24.integrations.torchtitan), which imports triton unconditionally
+HF_REQS="transformers==5.24.0 peft==0.21.2 torchtitan==0.3.0 triton"
 stamp="$VENV/.sp24-deps"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$TORCH_REQ $HF_REQS" ]; then
   stage "deps: installing $TORCH_REQ, the build/test tools and the test extra ($HF_REQS) into $VENV (first time only; about a minute for the CPU torch)"
