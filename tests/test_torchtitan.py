@@ -150,20 +150,26 @@ def _load_full(model, full, rank, tp):
                 p.copy_(src)
 
 
-def _tp_case(backend, rank, world, conv_cfg, full):
+def _tp_case(backend, rank, world, conv_cfg, full, fsdp=False):
     from torchtitan.distributed import utils as du
     spec = T.model_registry("debugmodel", converters=[conv_cfg] if conv_cfg else None)
     cfg = T._trainer_config(spec)
-    cfg.parallelism.tensor_parallel_degree = world
+    cfg.parallelism.tensor_parallel_degree = 1 if fsdp else world
+    cfg.parallelism.data_parallel_shard_degree = world if fsdp else 1
     cfg.parallelism.spmd_backend = backend
     cfg.parallelism.enable_sequence_parallel = False
-    pd = _mesh(backend, world)
+    cfg.training.mixed_precision_param = "float32"  # torchtitan's FSDP2 default computes in bf16
+    pd = _mesh(backend, world, dp_shard=world if fsdp else 1)
     ctx = du.get_spmd_context(parallel_dims=pd)
     with ctx():
         spec.model.update_from_config(config=cfg)
         with torch.device("meta"):
             model = spec.model.build()
-        model.parallelize(pd)
+        if fsdp:  # the ModelSpec's own parallelize_fn: torchtitan's Llama-3 one (FSDP2 on each block)
+            model = spec.parallelize_fn(model, parallel_dims=pd, training=cfg.training, parallelism=cfg.parallelism,
+                                        compile_config=cfg.compile, ac_config=None, dump_folder=".")
+        else:
+            model.parallelize(pd)
         model.to_empty(device="cpu")
         with torch.no_grad():
             model.init_weights(buffer_device=None)  # the buffers (RoPE); the weights come next
@@ -214,12 +220,12 @@ def _ffn_case(backend, rank, world, sparse):
     return got, (ref.detach(), xs.grad, W1.grad, W2.grad)
 
 
-def _mesh(backend, world):
+def _mesh(backend, world, dp_shard=1):
     import torchtitan.distributed.parallel_dims as tpd
     from torchtitan.distributed import ParallelDims
     from torchtitan.distributed import utils as du
     tpd.device_type = "cpu"  # torchtitan's meshes default to CUDA when no accelerator is found
-    pd = ParallelDims(dp_replicate=1, dp_shard=1, cp=1, tp=world, pp=1, ep=1, world_size=world,
+    pd = ParallelDims(dp_replicate=1, dp_shard=dp_shard, cp=1, tp=world // dp_shard, pp=1, ep=1, world_size=world,
                       spmd_backend=backend)
     pd.build_mesh()
     du.set_spmd_backend(backend)
@@ -251,6 +257,15 @@ def _scenarios(rank, world, res):
             res[f"{backend}_model_sparse_vs_dense"] = err(_logits(conv), a)
         w = conv.layers["0"].feed_forward.w1.weight
         res[f"{backend}_local_F"] = int((w.to_local() if hasattr(w, "to_local") else w).shape[0])
+    # FSDP2 through the ModelSpec's parallelize_fn (partial_dtensor; dp_shard = 2): the single-process logits
+    single = _build(T.model_registry("debugmodel", converters=[T.Sp24Converter.Config(sparse=True)]))
+    full = dict(single.named_parameters())
+    for sparse in (False, True):
+        import sp24
+        sp24.nn.set_sparse(single, sparse)
+        m, ctx = _tp_case("partial_dtensor", rank, world, T.Sp24Converter.Config(sparse=sparse), full, fsdp=True)
+        with ctx():
+            res[f"fsdp_{'sparse' if sparse else 'dense'}"] = err(_logits(m), _logits(single))
 
 
 def _worker(rank, world, out_dir):
@@ -292,3 +307,8 @@ def test_torchtitan_tp_gives_the_single_process_logits(tp_results, backend):
         assert r[f"{backend}_model_dense_bits"], r
         assert r[f"{backend}_model_sparse_vs_dense"] > 1e-3, r
         assert r[f"{backend}_local_F"] == 512, r  # each rank holds F/tp = 1024/2 features
+
+
+@pytest.mark.parametrize("mode", ["dense", "sparse"])
+def test_torchtitan_fsdp2_gives_the_single_process_logits(tp_results, mode):
+    assert all(r[f"fsdp_{mode}"] <= TOL for r in tp_results), [r[f"fsdp_{mode}"] for r in tp_results]
