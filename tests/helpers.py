@@ -124,3 +124,47 @@ def train_lm_with_warmup(model, batch, steps: int = 12, warmup: int = 2, lr: flo
         warm.step()
         losses.append(loss.item())
     return losses, warm
+
+
+def _gloo_worker(rank, world, out_dir, scenarios, warn_as_error):
+    """One rank of spawn_gloo: run scenarios(rank, world, res) in a gloo group, write res as JSON
+    (an exception is recorded as res["error"], which spawn_gloo raises)."""
+    import datetime
+    import gc
+    import json
+    import os
+    import sys
+    import warnings
+    import torch.distributed as dist
+    torch.set_num_threads(1)
+    res = {}
+    dist.init_process_group("gloo", init_method=f"file://{out_dir}/init", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(minutes=5))
+    try:
+        with warnings.catch_warnings():
+            if warn_as_error:
+                warnings.filterwarnings("error", message="sp24")  # the 2:4 path, never sp24's dense fallback
+            scenarios(rank, world, res)
+    except Exception as e:  # noqa: BLE001 - recorded, the test shows it
+        import traceback
+        res["error"] = f"{type(e).__name__}: {e}\n{traceback.format_exc()}"
+    with open(f"{out_dir}/rank{rank}.json", "w") as f:
+        json.dump(res, f)
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def spawn_gloo(scenarios, world: int, out_dir, warn_as_error: bool = False) -> list[dict]:
+    """Run the module-level function scenarios(rank, world, res) on `world` CPU processes in one gloo
+    group; returns each rank's res, after checking that no rank raised."""
+    import json
+    import torch.multiprocessing as mp
+    mp.spawn(_gloo_worker, args=(world, str(out_dir), scenarios, warn_as_error), nprocs=world, join=True)
+    ranks = [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(world)]
+    for r in ranks:
+        assert "error" not in r, r.get("error")
+    return ranks

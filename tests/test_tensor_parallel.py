@@ -13,10 +13,6 @@ One spawn per world size runs every scenario; the tests read its results.
 
 from __future__ import annotations
 
-import datetime
-import json
-import os
-import sys
 
 import pytest
 import torch
@@ -178,40 +174,11 @@ def _dcp_resume(mesh, rank, world):
     return "bit-exact" if same else "differs"
 
 
-def _worker(rank, world, out_dir):
-    import gc
-    import torch.distributed as dist
-    torch.set_num_threads(1)
-    res = {}
-    dist.init_process_group("gloo", init_method=f"file://{out_dir}/init", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(minutes=5))
-    try:
-        import warnings
-        with warnings.catch_warnings():
-            warnings.filterwarnings("error", message="sp24")  # the 2:4 path, never sp24's dense fallback
-            _scenarios(rank, world, res)
-    except Exception as e:  # noqa: BLE001 - recorded, the test shows it
-        import traceback
-        res["error"] = f"{type(e).__name__}: {e}\n{traceback.format_exc()}"
-    with open(f"{out_dir}/rank{rank}.json", "w") as f:
-        json.dump(res, f)
-    gc.collect()
-    dist.barrier()
-    dist.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
-
-
 @pytest.fixture(scope="module", params=[2, 4], ids=["tp2", "tp4"])
 def results(request, tmp_path_factory):
-    import torch.multiprocessing as mp
+    from helpers import spawn_gloo
     world = request.param
-    d = tmp_path_factory.mktemp(f"tp{world}")
-    mp.spawn(_worker, args=(world, str(d)), nprocs=world, join=True)
-    ranks = [json.loads((d / f"rank{r}.json").read_text()) for r in range(world)]
-    for r in ranks:
-        assert "error" not in r, r.get("error")
+    ranks = spawn_gloo(_scenarios, world, tmp_path_factory.mktemp(f"tp{world}"), warn_as_error=True)
     print(f"tp{world}:", {k: v for k, v in ranks[0].items() if k != "refusal"})
     return world, ranks
 

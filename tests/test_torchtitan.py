@@ -8,10 +8,6 @@ parallelised by torchtitan's ``Module.parallelize``.
 
 from __future__ import annotations
 
-import datetime
-import json
-import os
-import sys
 
 import pytest
 import torch
@@ -236,7 +232,9 @@ def _scenarios(rank, world, res):
     def err(a, b):
         return float((a - b).abs().max() / b.abs().max())
 
+    import sp24
     for backend in ("partial_dtensor", "spmd_types"):
+        dense_out = None
         for sparse in (False, True):
             got, ref = _ffn_case(backend, rank, world, sparse)
             res[f"{backend}_{'sparse' if sparse else 'dense'}"] = max(err(a, b) for a, b in zip(got, ref))
@@ -248,7 +246,6 @@ def _scenarios(rank, world, res):
         full = dict(_build(T.model_registry("debugmodel")).named_parameters())
         ref, ctx = _tp_case(backend, rank, world, None, full)
         conv, _ = _tp_case(backend, rank, world, T.Sp24Converter.Config(), full)
-        import sp24
         with ctx():
             a, b = _logits(ref), _logits(conv)
             res[f"{backend}_model_dense_bits"] = bool(torch.equal(b, a))
@@ -261,40 +258,16 @@ def _scenarios(rank, world, res):
     single = _build(T.model_registry("debugmodel", converters=[T.Sp24Converter.Config(sparse=True)]))
     full = dict(single.named_parameters())
     for sparse in (False, True):
-        import sp24
         sp24.nn.set_sparse(single, sparse)
         m, ctx = _tp_case("partial_dtensor", rank, world, T.Sp24Converter.Config(sparse=sparse), full, fsdp=True)
         with ctx():
             res[f"fsdp_{'sparse' if sparse else 'dense'}"] = err(_logits(m), _logits(single))
 
 
-def _worker(rank, world, out_dir):
-    import torch.distributed as dist
-    torch.set_num_threads(1)
-    res = {}
-    dist.init_process_group("gloo", init_method=f"file://{out_dir}/init", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(minutes=5))
-    try:
-        _scenarios(rank, world, res)
-    except Exception as e:  # noqa: BLE001 - recorded, the test shows it
-        import traceback
-        res["error"] = f"{type(e).__name__}: {e}\n{traceback.format_exc()}"
-    with open(f"{out_dir}/rank{rank}.json", "w") as f:
-        json.dump(res, f)
-    dist.barrier()
-    dist.destroy_process_group()
-    sys.stdout.flush()
-    os._exit(0)
-
-
 @pytest.fixture(scope="module")
 def tp_results(tmp_path_factory):
-    import torch.multiprocessing as mp
-    d = tmp_path_factory.mktemp("tt_tp2")
-    mp.spawn(_worker, args=(2, str(d)), nprocs=2, join=True)
-    ranks = [json.loads((d / f"rank{r}.json").read_text()) for r in range(2)]
-    for r in ranks:
-        assert "error" not in r, r.get("error")
+    from helpers import spawn_gloo
+    ranks = spawn_gloo(_scenarios, 2, tmp_path_factory.mktemp("tt_tp2"))
     print("torchtitan tp2:", ranks[0])
     return ranks
 
