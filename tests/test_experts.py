@@ -165,6 +165,55 @@ def test_fallback_decides_per_expert(monkeypatch):
     assert torch.equal(out, want)
 
 
+def _per_expert_relu2_ffn(x, idx, wts, w1, w2, b1, b2, **kw):
+    # the definition of the sparse path: each expert's tokens (route's order) through relu2_ffn,
+    # added per token in increasing expert order
+    tokens, slots, counts = route(idx, w1.shape[0])
+    out, start = torch.zeros(x.shape, dtype=wts.dtype), 0
+    for e, n in enumerate(counts):
+        tok, slot = tokens[start:start + n], slots[start:start + n]
+        start += n
+        if n:
+            y = sp24.relu2_ffn(x[tok], w1[e], w2[e], None if b1 is None else b1[e], None if b2 is None else b2[e], **kw)
+            out = out.index_add(0, tok, (y * wts[tok, slot, None]).to(out.dtype))
+    return out.to(x.dtype)
+
+
+# relu2_experts gathers each expert's tokens already permuted and padded (one gather for all
+# experts) and runs the FFN's autograd Function on them: the bits must be those of relu2_ffn on each
+# expert's tokens, forward and every gradient (k = 2: autograd adds a token's two dx in either order)
+@pytest.mark.parametrize("routing", ["random_k2", "uneven_empty", "dropped", "one_token"])
+@pytest.mark.parametrize("case", ["default", "biases", "no_permutation", "dense_backward", "ste", "bf16",
+                                  "autocast_bf16", "fp8", "fallback_some"])
+def test_sparse_path_is_relu2_ffn_per_expert_bit_for_bit(routing, case, monkeypatch):
+    T, k, idx = ROUTINGS[routing]
+    dtype = torch.bfloat16 if case == "bf16" else torch.float32
+    x, idx, wts, w1, w2, dout = _problem(T, k, seed=21, dtype=dtype, idx=idx)
+    g = gen(22)
+    b1 = b2 = None
+    if case == "biases":
+        b1, b2 = torch.randn(E, FH, generator=g) * 0.3 + 0.2, torch.randn(E, D, generator=g) * 0.3
+    kw = dict(dense_fraction=0.25, permute_tokens=case != "no_permutation", sparse_backward=case != "dense_backward",
+              gradient="ste" if case == "ste" else "24sparse", fp8=case == "fp8")
+    if case == "fallback_some":  # experts with fewer than 8 tokens run dense (the decision is per expert)
+        monkeypatch.setattr(_fallback, "use_dense", lambda device, T, d, Fh, dtype, backward: T < 8)
+
+    def run(fn):
+        leaves = [None if t is None else t.detach().clone().requires_grad_() for t in (x, wts, w1, w2, b1, b2)]
+        with ffn.fallback(case == "fallback_some"), torch.autocast("cpu", dtype=torch.bfloat16,
+                                                                      enabled=case == "autocast_bf16"):
+            out = fn(*leaves[:4], *leaves[4:])
+        out.backward(dout.to(out.dtype))
+        return [out.detach()] + [None if t is None else t.grad for t in leaves]
+
+    got = run(lambda x_, w_, a, b, c, d: sp24.relu2_experts(x_, idx, w_, a, b, c, d, **kw))
+    want = run(lambda x_, w_, a, b, c, d: _per_expert_relu2_ffn(x_, idx, w_, a, b, c, d, **kw))
+    for name, a, b in zip(("out", "dx", "dweights", "dw1", "dw2", "db1", "db2"), got, want):
+        assert (a is None) == (b is None), name
+        if a is not None:
+            assert a.dtype == b.dtype and torch.equal(a, b), f"{name}: max diff {(a.float() - b.float()).abs().max()}"
+
+
 @pytest.mark.parametrize("bad,err,msg", [
     (dict(idx=torch.tensor([[0, 5]] * 4)), ValueError, r"top_k_index must lie in \[0, 4\]"),
     (dict(idx=torch.tensor([[0, -1]] * 4)), ValueError, r"top_k_index must lie in"),

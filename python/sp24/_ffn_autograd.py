@@ -119,17 +119,22 @@ class _SparseReLU2FFN(torch.autograd.Function):
     def forward(x2d, w1, w2, b1, b2, perm, inv_perm, n_dense, out_shape, need_counts, options):
         T, d = x2d.shape
         fp8 = options[2]  # the forward GEMMs in FP8 (sp24._fp8); the backward is the same either way
+        # options[3]: how many of x2d's last rows are zero padding the caller appended (sp24.experts
+        # lays out each expert's tokens permuted and padded in one gather); they are treated as the
+        # padding below is, and their output and dx rows are zero-input rows the caller drops
+        n_real = T - options[3]
         pad = (-T) % (FP8_TOKEN_ALIGN if fp8 else TOKEN_ALIGN)
         X = _pad_rows(x2d if perm is None else x2d.index_select(0, perm), pad)
         y1 = _fp8.forward_gemms(X, w1, b1) if fp8 else F_.linear(X, w1, b1)
         # the counts drive the feature split, a backward-only need
         values, indices, counts = _ops.sparsify24(y1, "largest", "relu2", need_counts)
-        if pad and b1 is not None:
+        if pad + options[3] and b1 is not None:
             # padded tokens: Y1 = b1 there; zero their Y2 so they can never win a token-direction
             # 2:4 slot, and take them out of the per-feature counts
-            values[T:] = 0
+            values[n_real:] = 0
             if need_counts:
-                counts = counts - pad * (torch.relu(b1.float()).square().to(b1.dtype) != 0).to(counts.dtype)
+                counts = counts - (pad + options[3]) * (torch.relu(b1.float()).square().to(b1.dtype) != 0).to(
+                    counts.dtype)
         y3 = _fp8.sparse_mm(values, indices, w2, b2) if fp8 else _ops.sparse24_mm(values, indices, w2.t(), b2, None)
         # The output is written into a fresh (..., d) tensor rather than returned as a view of y3:
         # FSDP2 warns on (and in-place ops on views can break) a module output that is a view.
@@ -154,6 +159,7 @@ class _SparseReLU2FFN(torch.autograd.Function):
         ctx.save_for_backward(x2d, w1, w2, values, packed, counts, perm, inv_perm, y1_saved)
         ctx.n_dense = n_dense
         ctx.gradient, ctx.sparse_backward = inputs[10][:2]
+        ctx.n_real = x2d.shape[0] - inputs[10][3]
         ctx.has_b1, ctx.has_b2 = b1 is not None, b2 is not None
 
     @staticmethod
@@ -211,7 +217,7 @@ class _SparseReLU2FFN(torch.autograd.Function):
             # third of the time of index_copy_ along dim 1 (strided writes); the same bits (copies)
             dw2 = _merge_features(sparse_cols, g_sparse, dense_cols, g_dense).t().contiguous()
         if need_b2 and ctx.has_b2:
-            db2 = dy3[:T].sum(0)
+            db2 = dy3[:ctx.n_real].sum(0)
         if need_x or need_w1 or (need_b1 and ctx.has_b1):
             dy2 = dy3 @ w2
             if ste:

@@ -8,29 +8,35 @@ The expert weights are stacked as Hugging Face's MoE experts store them: w1 (E, 
 caller's router; this module only computes the experts.
 
 The per-expert path (the one implemented): the (token, slot) pairs are grouped by expert, each
-expert with at least one token runs its tokens through sp24.relu2_ffn (so every expert gets the 2:4
-forward on Y2, the backward with the forward mask, its own dense-feature split from its own counts,
-the token permutation within its tokens, and the automatic dense fallback decided on its own token
-count and shape), and the outputs, scaled by the routing weights, are added back per token. It
-launches the FFN's kernels once per active expert. Order and rounding follow Hugging Face's eager
-experts: experts in increasing index, within an expert the pairs ordered by slot then token, the
-sum accumulated in top_k_weights' dtype and returned in x's dtype. An index equal to E marks a
-dropped pair (the sentinel of Hugging Face's expert-parallel grouped_mm path and of Mixtral-style
-eager loops; NemotronH's own eager loop raises an IndexError for it): it adds nothing. Autograd reaches x, both weight stacks, the biases and top_k_weights (the router's
-gradient).
+expert with at least one token runs its tokens through the 2:4 FFN of sp24.relu2_ffn (so every
+expert gets the 2:4 forward on Y2, the backward with the forward mask, its own dense-feature split
+from its own counts, the token permutation within its tokens, and the automatic dense fallback
+decided on its own token count and shape), and the outputs, scaled by the routing weights, are
+added back per token. The tokens of all experts are gathered once, each 2:4 expert's already in the
+FFN's permutation for its token count and followed by its zero padding rows (_layout), so the FFN
+itself permutes, pads and scatters nothing; the bits are those of relu2_ffn on each expert's tokens,
+forward and backward (tested). It launches the FFN's kernels once per active expert. Order and
+rounding follow Hugging Face's eager experts: experts in increasing index, within an expert the
+pairs ordered by slot then token, the sum accumulated in top_k_weights' dtype and returned in x's
+dtype. An index equal to E marks a dropped pair (the sentinel of Hugging Face's expert-parallel
+grouped_mm path and of Mixtral-style eager loops; NemotronH's own eager loop raises an IndexError
+for it): it adds nothing. Autograd reaches x, both weight stacks, the biases and top_k_weights (the
+router's gradient).
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import torch
+import torch.nn.functional as F_
 from torch import Tensor
-
 from torch._subclasses.fake_tensor import is_fake
 
-from . import _checks
-from .ffn import _autocast_dtype, _check_options, relu2_ffn
+from . import _checks, _fallback, _fp8
+from ._ffn_autograd import FP8_TOKEN_ALIGN, PERMUTATION_SEED, TOKEN_ALIGN, _hash31, _SparseReLU2FFN
+from .ffn import _autocast_dtype, _check_options, _fp8_wanted, dense_relu2_ffn, n_dense_features, relu2_ffn
 
 __all__ = ["relu2_experts", "route"]
 
@@ -134,6 +140,15 @@ def relu2_experts(x: Tensor, top_k_index: Tensor, top_k_weights: Tensor, w1: Ten
         raise ValueError(f"{OP}: sparse=True needs d and F (the expert width) to be multiples of 8, got d={d}, "
                          f"F={Fh}; use sparse=False for this expert shape")
     tokens, slots, counts = route(top_k_index, E)
+    if not sparse:
+        return _dense_experts(x, top_k_index, top_k_weights, w1, w2, b1, b2, tokens, slots, counts, fp8)
+    return _sparse_experts(x, top_k_index, top_k_weights, w1, w2, b1, b2, tokens, slots, counts,
+                           dense_fraction, permute_tokens, (gradient, bool(sparse_backward)), fp8)
+
+
+def _dense_experts(x, top_k_index, top_k_weights, w1, w2, b1, b2, tokens, slots, counts, fp8) -> Tensor:
+    """sparse=False: Hugging Face's eager experts loop, op for op (experts in increasing index); with
+    fp8, each expert through relu2_ffn(sparse=False, fp8=True)."""
     out = torch.zeros_like(x, dtype=top_k_weights.dtype)
     n_pairs = sum(counts)
     if n_pairs == 0:
@@ -146,10 +161,92 @@ def relu2_experts(x: Tensor, top_k_index: Tensor, top_k_weights: Tensor, w1: Ten
     ys = []
     for e, xe in zip((e for e, n in enumerate(counts) if n), x.index_select(0, tok).split([n for n in counts if n])):
         w1e, w2e, b1e, b2e = (None if st is None else st[e] for st in stacks)
-        ys.append(relu2_ffn(xe, w1e, w2e, b1e, b2e, sparse=sparse, dense_fraction=dense_fraction,
-                            permute_tokens=permute_tokens, gradient=gradient, sparse_backward=sparse_backward,
-                            fp8=fp8))
+        ys.append(relu2_ffn(xe, w1e, w2e, b1e, b2e, sparse=False, fp8=fp8))
     # index_select, not advanced indexing: its backward is an index_add_, not an accumulating index_put
     y = torch.cat(ys) * top_k_weights.reshape(-1).index_select(0, tok * top_k_index.shape[1] + slot)[:, None]
     # pairs in expert order: on the CPU the same sequence of additions as one index_add_ per expert
     return out.index_add_(0, tok, y.to(out.dtype)).to(x.dtype)
+
+
+def _layout(tokens: Tensor, slots: Tensor, counts: list, two4: list, permute: bool, align: int):
+    """The rows of the experts' tokens as the 2:4 FFN takes them, all experts in one (R,) index.
+
+    Expert e's n_e pairs (in route's order) occupy rows [start_e, start_e + R_e). An expert that runs
+    2:4 (two4[e]) has its pairs in the FFN's token permutation for n_e tokens (token_permutation(n_e),
+    computed here for all experts at once: a stable sort by (expert, hash of the rank in the expert),
+    which is that permutation within each expert) followed by padding rows up to a multiple of align
+    (R_e = n_e rounded up); the others keep route's order, unpadded (R_e = n_e).
+    Returns (row_pair, sizes): the index of each row's pair in route's order (-1 for a padding
+    row) and the R_e of the experts with tokens."""
+    n = sum(counts)
+    dev = tokens.device
+    active = [c for c in counts if c]
+    sizes = [(c + (-c) % align) if t else c for c, t in zip(counts, two4) if c]
+    flags = [int(t) for c, t in zip(counts, two4) if c]
+    # per active expert: its pair count, first pair, first row and whether it runs 2:4 (one transfer)
+    starts, pstarts = [0], [0]
+    for c, r in zip(active[:-1], sizes[:-1]):
+        starts.append(starts[-1] + c)
+        pstarts.append(pstarts[-1] + r)
+    host = torch.tensor([active, starts, pstarts, flags], dtype=torch.int64).to(dev)
+    expert = torch.repeat_interleave(torch.arange(len(active), device=dev), host[0], output_size=n)
+    rank = torch.arange(n, device=dev) - host[1].index_select(0, expert)
+    if permute:
+        # the key of _ffn_autograd._make_permutation: the rank's hash (< 2^31) where the expert is permuted
+        key = torch.where(host[3].index_select(0, expert) != 0, _hash31(rank + PERMUTATION_SEED), rank)
+        order = torch.argsort(expert * (1 << 31) + key, stable=True)
+    else:
+        order = torch.arange(n, device=dev)
+    dest = host[2].index_select(0, expert) + rank          # row of the q-th pair of the expert-major order
+    row_pair = torch.full((sum(sizes),), -1, dtype=torch.int64, device=dev)
+    return row_pair.index_copy_(0, dest, order), sizes
+
+
+def _sparse_experts(x, top_k_index, top_k_weights, w1, w2, b1, b2, tokens, slots, counts, dense_fraction,
+                    permute_tokens, options, fp8) -> Tensor:
+    """sparse=True: each expert with tokens through the 2:4 FFN (relu2_ffn's method and options, its
+    automatic dense fallback decided per expert), the experts' tokens gathered once, already in each
+    expert's token permutation and padded (_layout), so the FFN permutes, pads and scatters nothing
+    itself. Bit for bit the same as relu2_ffn on each expert's tokens (tests/test_experts.py)."""
+    T, k = top_k_index.shape
+    E, Fh, d = w1.shape
+    out = torch.zeros_like(x, dtype=top_k_weights.dtype)
+    if sum(counts) == 0:
+        return out.to(x.dtype)
+    fp8 = _fp8_wanted(x, fp8)
+    if fp8 and (d % 16 or Fh % 16):
+        raise ValueError(f"{OP}: fp8=True needs d and F (the expert width) to be multiples of 16 (the FP8 GEMMs' "
+                         f"rule), got d={d}, F={Fh}; use fp8=False for this expert shape")
+    amp = _autocast_dtype(x)
+    out_dtype = amp or x.dtype
+    compute = _fp8.COMPUTE_DTYPE if fp8 else out_dtype
+    backward = torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                               for t in (x, top_k_weights, w1, w2, b1, b2))
+    two4 = [bool(c) and not _fallback.use_dense(x.device, c, d, Fh, compute, backward) for c in counts]
+    row_pair, sizes = _layout(tokens, slots, counts, two4, permute_tokens,
+                              FP8_TOKEN_ALIGN if fp8 else TOKEN_ALIGN)
+    real = row_pair >= 0
+    # padding rows read row T of x padded with one zero row (their gradient lands there and is dropped)
+    row_tok = torch.where(real, tokens.index_select(0, row_pair.clamp(min=0)), T)
+    n_dense = n_dense_features(Fh, dense_fraction)
+    with torch.autocast(x.device.type, enabled=False) if amp is not None or fp8 else contextlib.nullcontext():
+        # the casts (under autocast or for FP8) are differentiable, as in relu2_ffn
+        xs = F_.pad(x, (0, 0, 0, 1)).index_select(0, row_tok).to(compute).split(sizes)
+        stacks = [None if t is None else t.to(compute).unbind(0) for t in (w1, w2, b1, b2)]
+        ys = []
+        for e, xe, n, two in zip((e for e, c in enumerate(counts) if c), xs, (c for c in counts if c),
+                                 (t for c, t in zip(counts, two4) if c)):
+            w1e, w2e, b1e, b2e = (None if st is None else st[e] for st in stacks)
+            if not two:
+                ys.append((_fp8.dense_relu2_ffn if fp8 else dense_relu2_ffn)(xe, w1e, w2e, b1e, b2e))
+                continue
+            y = _SparseReLU2FFN.apply(xe, w1e, w2e, b1e, b2e, None, None, n_dense, tuple(xe.shape), backward,
+                                      (*options, fp8, xe.shape[0] - n))[0]
+            ys.append(y[:n])
+        y = torch.cat(ys).to(out_dtype)
+    # the rows' pairs (padding removed) in the order of the outputs; per token, its pairs are added
+    # in increasing expert order, as in the eager loop
+    pair = row_pair[real]
+    tok = tokens.index_select(0, pair)
+    w = top_k_weights.reshape(-1).index_select(0, tok * k + slots.index_select(0, pair))
+    return out.index_add_(0, tok, (y * w[:, None]).to(out.dtype)).to(x.dtype)

@@ -168,7 +168,7 @@ def _sparse_relu2_ffn(x: Tensor, w1: Tensor, w2: Tensor, b1: Optional[Tensor], b
     if permute_tokens and T > 1:
         perm, inv_perm = token_permutation(T, x.device)
     args = (x2d, w1, w2, b1, b2, perm, inv_perm, n_dense, (*x.shape[:-1], d), backward,
-            (gradient, bool(sparse_backward), fp8))
+            (gradient, bool(sparse_backward), fp8, 0))
     if amp is not None:
         with torch.autocast(x.device.type, enabled=False):
             return _SparseReLU2FFN.apply(*args)[0]
