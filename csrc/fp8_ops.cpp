@@ -25,9 +25,11 @@ void check_e4m3(const char* op, const char* name, const at::Tensor& t) {
 }
 
 // sparsify24 of x, then the kept values quantised to e4m3 with one fp32 scale per row:
-// (values (M, K/2) e4m3, indices (M, K/2) uint8, scales (M,) fp32, counts). Two kernels on every
-// device: the 16-bit sparsify24 kernel into a scratch buffer, then the row quantisation (the scale
-// of a row needs the whole row's amax before its first value can be written).
+// (values (M, K/2) e4m3, indices (M, K/2) uint8, scales (M,) fp32, counts). On CUDA one kernel where
+// it applies (no counts, a row's kept values within 32 KiB: sparsify24_fp8_fusable): the row's kept
+// values wait in shared memory for its scale. Otherwise, and on the CPU, two steps: the 16-bit
+// sparsify24 kernel into a scratch buffer, then the row quantisation (the scale of a row needs the
+// whole row's amax before its first value can be written). The bits are the same either way.
 template <Backend B>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sparsify24_fp8(const at::Tensor& x, c10::string_view algo,
                                                                           std::optional<c10::string_view> activation,
@@ -36,28 +38,41 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sparsify24_fp8(const 
   int algo_id = 0;
   bool relu2 = false;
   check_sparsify24_args(op, x, algo, activation, &algo_id, &relu2);
-  auto [kept, indices, counts] = sparsify24_shapes(op, x, with_counts);
-  auto values = at::empty_symint(kept.sym_sizes(), x.options().dtype(at::kFloat8_e4m3fn));
-  auto scales = at::empty_symint({x.sym_size(0)}, x.options().dtype(at::kFloat));
+  const auto M = x.sym_size(0), K = x.sym_size(1);
+  auto indices = at::empty_symint({M, K / 2}, x.options().dtype(at::kByte));
+  auto counts = with_counts ? at::zeros_symint({K}, x.options().dtype(at::kInt)) : at::empty({0}, x.options().dtype(at::kInt));
+  auto values = at::empty_symint({M, K / 2}, x.options().dtype(at::kFloat8_e4m3fn));
+  auto scales = at::empty_symint({M}, x.options().dtype(at::kFloat));
   if constexpr (B != Backend::kMeta) {
-    const Sparsify24Params p = sparsify24_params(x, kept.data_ptr(), indices, counts, with_counts, algo_id, relu2);
+    Sparsify24Params p = sparsify24_params(x, nullptr, indices, counts, with_counts, algo_id, relu2);
     QuantizeRowsParams q;
-    q.values = kept.data_ptr();
     q.q = static_cast<uint8_t*>(values.data_ptr());
     q.scales = scales.data_ptr<float>();
     q.M = p.M;
     q.n = p.K / 2;
     q.dtype = p.dtype;
     if (p.M == 0) return {values, indices, scales, counts};
+    at::Tensor kept;  // the two-step path's scratch: the 16-bit kept values
+    auto scratch = [&]() {
+      kept = at::empty({p.M, p.K / 2}, x.options());
+      p.values = kept.data_ptr();
+      q.values = kept.data_ptr();
+    };
     if constexpr (B == Backend::kCPU) {
+      scratch();
       if (p.K > 0) sparsify24_cpu(p);
       quantize_rows_e4m3_cpu(q);
     }
 #ifdef SP24_WITH_CUDA
     if constexpr (B == Backend::kCUDA) {
       c10::cuda::CUDAGuard guard(x.device());
-      if (p.K > 0) sparsify24_cuda(p, current_stream());
-      quantize_rows_e4m3_cuda(q, current_stream());
+      if (sparsify24_fp8_fusable(p)) {
+        sparsify24_fp8_fused_cuda(p, q, current_stream());
+      } else {
+        scratch();
+        if (p.K > 0) sparsify24_cuda(p, current_stream());
+        quantize_rows_e4m3_cuda(q, current_stream());
+      }
     }
 #endif
   }

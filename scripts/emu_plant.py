@@ -96,7 +96,21 @@ PLANTS = {
         "FP8 row quantisation: the warp's amax reduction starts at lane distance 8 (lanes 16 apart never meet)", CU,
         "for (int o = 16; o > 0; o >>= 1) st.merge(",
         "for (int o = 8; o > 0; o >>= 1) st.merge(",
-        "test_quantize_rows_e4m3",
+        "test_quantize_rows_e4m3 or test_sparsify24_fp8_fused",
+    ),
+    "fp8-fused-amax-barrier": (
+        "fused FP8 sparsify: the row's amax read from shared memory without the barrier after the warps wrote it",
+        CU,
+        "    __syncthreads();  // the kept values and the warps' amax are in shared memory\n",
+        "",
+        "test_sparsify24_fp8_fused",
+    ),
+    "fp8-fused-row-reuse": (
+        "fused FP8 sparsify: no barrier before the next row rewrites the shared kept values",
+        CU,
+        "    __syncthreads();  // the next row rewrites s_kept and s_amax\n",
+        "",
+        "test_sparsify24_fp8_fused",
     ),
     "cslt-fp8-b-not-k-major": (
         "cuSPARSELt core, FP8: B passed as the row-major (K, N) matrix (8-bit operands must both be K-major)", CORE,

@@ -82,6 +82,7 @@ ROUTINGS = {
     "one_token": (1, 2, torch.tensor([[2, 0]])),
     "dropped": (12, 2, torch.tensor([[0, E], [E, 1], [2, 3]] * 4)),
     "one_expert_k1": (17, 1, torch.full((17, 1), 3)),
+    "same_expert_twice": (20, 2, torch.tensor([[1, 1], [0, 2]] * 10)),
 }
 
 
@@ -182,7 +183,7 @@ def _per_expert_relu2_ffn(x, idx, wts, w1, w2, b1, b2, **kw):
 # relu2_experts gathers each expert's tokens already permuted and padded (one gather for all
 # experts) and runs the FFN's autograd Function on them: the bits must be those of relu2_ffn on each
 # expert's tokens, forward and every gradient (k = 2: autograd adds a token's two dx in either order)
-@pytest.mark.parametrize("routing", ["random_k2", "uneven_empty", "dropped", "one_token"])
+@pytest.mark.parametrize("routing", ["random_k2", "uneven_empty", "dropped", "one_token", "same_expert_twice"])
 @pytest.mark.parametrize("case", ["default", "biases", "no_permutation", "dense_backward", "ste", "bf16",
                                   "autocast_bf16", "fp8", "fallback_some"])
 def test_sparse_path_is_relu2_ffn_per_expert_bit_for_bit(routing, case, monkeypatch):
@@ -212,6 +213,32 @@ def test_sparse_path_is_relu2_ffn_per_expert_bit_for_bit(routing, case, monkeypa
         assert (a is None) == (b is None), name
         if a is not None:
             assert a.dtype == b.dtype and torch.equal(a, b), f"{name}: max diff {(a.float() - b.float()).abs().max()}"
+
+
+def test_three_pairs_of_one_token_in_one_expert_match_to_rounding():
+    # not a top-k routing: the three additions of a token then run in the expert's permuted order
+    idx = torch.tensor([[1, 1, 1], [0, 2, 3]] * 10)
+    x, idx, wts, w1, w2, dout = _problem(20, 3, seed=23, idx=idx)
+    got = sp24.relu2_experts(x, idx, wts, w1, w2, dense_fraction=0.25)
+    want = _per_expert_relu2_ffn(x, idx, wts, w1, w2, None, None, dense_fraction=0.25)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_router_only_gradient_decides_the_fallback_as_relu2_ffn(monkeypatch):
+    # only the routing weights require grad: no FFN backward, so each expert's fallback is asked with
+    # backward=False, as relu2_ffn would be
+    seen = []
+    monkeypatch.setattr(_fallback, "use_dense", lambda device, T, d, Fh, dtype, backward: seen.append(backward))
+    x, idx, wts, w1, w2, _ = _problem(40, 2, seed=24)
+    sp24.relu2_experts(x, idx, wts.requires_grad_(), w1, w2).sum().backward()
+    assert seen and not any(seen) and wts.grad is not None and wts.grad.abs().sum() > 0
+
+
+def test_sparse_refuses_float64_naming_the_op():
+    x, idx, wts, w1, w2, _ = _problem(8, 2, seed=25, dtype=torch.float64)
+    with pytest.raises(TypeError, match="sp24.relu2_experts: sparse=True needs"):
+        sp24.relu2_experts(x, idx, wts, w1, w2)
+    assert sp24.relu2_experts(x, idx, wts, w1, w2, sparse=False).dtype == torch.float64
 
 
 @pytest.mark.parametrize("bad,err,msg", [

@@ -321,11 +321,14 @@ def test_compile_fullgraph_dynamic():
 # ---- CUDA (a GPU check) --------------------------------------------------------------------------
 @requires_cuda
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", HALF, ids=str)
-def test_cuda_sparsify24_fp8_bits(dtype):
-    x = _rows_input(300, 264, dtype, 8)
-    got = ops.sparsify24_fp8(x.cuda(), "largest", "relu2", True)
-    want = ops.sparsify24_fp8(x, "largest", "relu2", True)
+@pytest.mark.parametrize("dtype", HALF + [torch.float32], ids=str)
+@pytest.mark.parametrize("with_counts,K", [(True, 264), (False, 264), (False, 16384), (False, 65536)])
+def test_cuda_sparsify24_fp8_bits(dtype, with_counts, K):
+    # with counts: two kernels; without: the one fused kernel up to 32 KiB of kept values per row
+    # (K = 16384 is fp32's limit), two kernels past it (K = 65536)
+    x = _rows_input(300 if K < 4096 else 40, K, dtype, 8)
+    got = ops.sparsify24_fp8(x.cuda(), "largest", "relu2", with_counts)
+    want = ops.sparsify24_fp8(x, "largest", "relu2", with_counts)
     for g, w in zip(got, want):
         assert_bits_equal(g.cpu(), w)
 

@@ -31,6 +31,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "cuda/launch.cuh"
 #include "sp24/cslt_layout.h"
@@ -583,6 +584,11 @@ __global__ void to_dense24_kernel(ToDense24Params p) {
 constexpr int kQuantThreads = 256;
 constexpr int kQuantRowsPerBlock = kQuantThreads / 32;
 
+// The amax of the whole warp in every lane (exact: a max, in any order of the lanes).
+__device__ __forceinline__ void warp_merge(E4M3RowStats& st) {
+  for (int o = 16; o > 0; o >>= 1) st.merge(__shfl_xor_sync(0xffffffffu, st.amax, o));
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kQuantThreads) quantize_rows_e4m3_kernel(QuantizeRowsParams p) {
   const int lane = static_cast<int>(threadIdx.x) & 31;
@@ -592,11 +598,73 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_rows_e4m3_kernel(Quant
     const T* v = static_cast<const T*>(p.values) + r * p.n;
     E4M3RowStats st;
     for (int64_t c = lane; c < p.n; c += 32) st.add(to_f(v[c]));
-    for (int o = 16; o > 0; o >>= 1) st.merge(__shfl_xor_sync(0xffffffffu, st.amax, o));
+    warp_merge(st);
     const float scale = e4m3_row_scale(st);
     if (lane == 0) p.scales[r] = scale;
     uint8_t* q = p.q + r * p.n;
     for (int64_t c = lane; c < p.n; c += 32) q[c] = e4m3_quantize(to_f(v[c]), scale, st.finite());
+  }
+}
+
+// sparsify24_fp8 in one kernel (no counts; a row's kept values within kFusedKeptBytes): one block
+// per row (grid-stride over the rows). The row is read once; its kept values wait in shared memory
+// while the block reduces the row's amax, then leave as e4m3. Only the e4m3 values, the indices and
+// the scale are written: the 16-bit kept values of the two-kernel chain (sparsify24, then the row
+// quantisation) never reach global memory. The selection and rounding are sparsify24_rows_kernel's
+// and the row rule quantize_rows_e4m3_kernel's, so the bits are the chain's (tests/emu).
+constexpr int kFusedThreads = 256;
+constexpr int64_t kFusedKeptBytes = 32 * 1024;  // bf16/fp16 rows up to K = 32768, fp32 up to 16384
+
+template <typename T, bool kVec>
+__global__ void __launch_bounds__(kFusedThreads) sparsify24_fp8_fused_kernel(Sparsify24Params p, QuantizeRowsParams q) {
+  __shared__ T s_kept[kFusedKeptBytes / sizeof(T)];
+  __shared__ float s_amax[kFusedThreads / 32];
+  const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
+  const int64_t H = p.K / 2, G = p.K / 4;
+  for (int64_t r = blockIdx.x; r < p.M; r += gridDim.x) {  // uniform over the block: the barriers below
+    const T* __restrict__ x = static_cast<const T*>(p.x) + r * p.x_row_stride;
+    uint8_t* __restrict__ idx = p.indices + r * H;
+    E4M3RowStats st;
+    for (int64_t g = tid; g < G; g += kFusedThreads) {
+      T a[4];
+      if constexpr (kVec) {  // one 8-byte (16-bit types) or 16-byte (fp32) load per group
+        using V = std::conditional_t<sizeof(T) == 2, uint2, uint4>;
+        const V v = __ldg(reinterpret_cast<const V*>(x + 4 * g));
+        __builtin_memcpy(a, &v, sizeof a);
+      } else {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) a[j] = x[4 * g + j];
+      }
+      float f[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        f[j] = to_f(a[j]);
+        if (p.relu2) {
+          a[j] = from_f<T>(relu2(f[j]));  // fp32, one rounding; selection on the rounded value
+          f[j] = to_f(a[j]);
+        }
+      }
+      uint8_t lo, hi;
+      mask_to_indices(select_2of4(f[0], f[1], f[2], f[3], p.algo), lo, hi);
+      T v0, v1;
+      pick(a, lo, hi, v0, v1);
+      s_kept[2 * g] = v0;
+      s_kept[2 * g + 1] = v1;
+      *reinterpret_cast<uint16_t*>(idx + 2 * g) = static_cast<uint16_t>(lo | (hi << 8));  // bytes lo, hi
+      st.add(to_f(v0));
+      st.add(to_f(v1));
+    }
+    warp_merge(st);
+    if (lane == 0) s_amax[warp] = st.amax;
+    __syncthreads();  // the kept values and the warps' amax are in shared memory
+    E4M3RowStats row;
+    for (int w = 0; w < kFusedThreads / 32; ++w) row.merge(s_amax[w]);  // exact: a max, in any order
+    const float scale = e4m3_row_scale(row);
+    const bool finite = row.finite();
+    if (tid == 0) q.scales[r] = scale;
+    uint8_t* __restrict__ qr = q.q + r * H;
+    for (int64_t h = tid; h < H; h += kFusedThreads) qr[h] = e4m3_quantize(to_f(s_kept[h]), scale, finite);
+    __syncthreads();  // the next row rewrites s_kept and s_amax
   }
 }
 
@@ -611,6 +679,32 @@ void quantize_rows_e4m3_cuda(const QuantizeRowsParams& p, void* stream) {
                   static_cast<cudaStream_t>(stream), p);
   });
   check_launch("sparsify24_fp8 (row quantisation)");
+}
+
+bool sparsify24_fp8_fusable(const Sparsify24Params& p) {
+  const int64_t es = p.dtype == DType::kFloat32 ? 4 : 2;
+  return p.counts == nullptr && p.cslt_meta == nullptr && p.K / 2 * es <= kFusedKeptBytes;
+}
+
+void sparsify24_fp8_fused_cuda(const Sparsify24Params& p, const QuantizeRowsParams& q, void* stream) {
+  if (!sparsify24_fp8_fusable(p)) throw std::runtime_error("sp24: sparsify24_fp8_fused_cuda called on a case it does not take");
+  if (p.M == 0) return;
+  const int64_t es = p.dtype == DType::kFloat32 ? 4 : 2;
+  // a group of 4 as one vector load: the row starts and the row stride keep 4 * es alignment
+  const bool vec = (reinterpret_cast<uintptr_t>(p.x) % (4 * es)) == 0 && (p.x_row_stride * es) % (4 * es) == 0;
+  const int64_t cap = q.max_blocks < 1 ? 1 : (q.max_blocks > 65535 ? 65535 : q.max_blocks);
+  const unsigned blocks = static_cast<unsigned>(p.M < cap ? p.M : cap);
+  dispatch_dtype(p.dtype, [&](auto t) {
+    using T = decltype(t);
+    if (vec) {
+      launch_kernel(sparsify24_fp8_fused_kernel<T, true>, dim3(blocks), dim3(kFusedThreads), 0,
+                    static_cast<cudaStream_t>(stream), p, q);
+    } else {
+      launch_kernel(sparsify24_fp8_fused_kernel<T, false>, dim3(blocks), dim3(kFusedThreads), 0,
+                    static_cast<cudaStream_t>(stream), p, q);
+    }
+  });
+  check_launch("sparsify24_fp8 (fused)");
 }
 
 bool sparsify24_cuda_vectorised(const Sparsify24Params& p) {

@@ -179,6 +179,29 @@ int sp24emu_quantize_rows(const void* values, uint8_t* q, float* scales, int64_t
   return guarded(err, errlen, [&] { sp24::quantize_rows_e4m3_cuda(p, nullptr); });
 }
 
+int sp24emu_sparsify24_fp8_fused(const void* x, int64_t row_stride, uint8_t* q, uint8_t* indices, float* scales,
+                                 int64_t M, int64_t K, int algo, int relu2, int dtype, int64_t max_blocks, char* err,
+                                 int64_t errlen) {
+  sp24::Sparsify24Params p;
+  p.x = x;
+  p.x_row_stride = row_stride;
+  p.indices = indices;
+  p.M = M;
+  p.K = K;
+  p.algo = algo;
+  p.relu2 = relu2 != 0;
+  p.dtype = dtype_of(dtype);
+  sp24::QuantizeRowsParams qp;
+  qp.q = q;
+  qp.scales = scales;
+  qp.M = M;
+  qp.n = K / 2;
+  qp.dtype = p.dtype;
+  qp.max_blocks = max_blocks;
+  if (!sp24::sparsify24_fp8_fusable(p)) return 2;  // the glue takes the two-kernel chain there
+  return guarded(err, errlen, [&] { sp24::sparsify24_fp8_fused_cuda(p, qp, nullptr); });
+}
+
 int sp24emu_cslt_meta(const uint8_t* indices, uint8_t* meta, int64_t M, int64_t K, char* err, int64_t errlen) {
   return guarded(err, errlen, [&] { sp24::cslt_meta24_cuda(indices, meta, M, K, nullptr); });
 }

@@ -98,6 +98,9 @@ struct QuantizeRowsParams {
   float* scales = nullptr;       // (M,)
   int64_t M = 0, n = 0;
   DType dtype = DType::kFloat32;
+  // CUDA, the fused sparsify24_fp8 kernel (one block per row, grid-stride): the most blocks it
+  // launches. The emulation lane lowers it so that blocks go round the row loop.
+  int64_t max_blocks = 65535;
 };
 
 // CPU kernels (csrc/cpu/sparse24_cpu.cpp).
@@ -118,6 +121,10 @@ void apply24_cuda(const Apply24Params& p, void* stream);
 void to_dense24_cuda(const ToDense24Params& p, void* stream);
 void transposed_split24_cuda(const TransposedSplit24Params& p, void* stream);
 void quantize_rows_e4m3_cuda(const QuantizeRowsParams& p, void* stream);
+// sparsify24_fp8 as one kernel (p.values unused: the kept values stay on chip), where it applies:
+// no counts, no cuSPARSELt metadata, a row's K/2 kept values within 32 KiB.
+bool sparsify24_fp8_fusable(const Sparsify24Params& p);
+void sparsify24_fp8_fused_cuda(const Sparsify24Params& p, const QuantizeRowsParams& q, void* stream);
 // The metadata region (M*K/8 bytes) of the candidate cuSPARSELt layout (sp24/cslt_layout.h) from the
 // canonical indices (M, K/2); M % 64 == 0, K % 32 == 0.
 void cslt_meta24_cuda(const uint8_t* indices, uint8_t* meta, int64_t M, int64_t K, void* stream);

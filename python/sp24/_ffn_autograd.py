@@ -173,6 +173,9 @@ class _SparseReLU2FFN(torch.autograd.Function):
             raise NotImplementedError(
                 f"sp24.relu2_ffn: torch.func.vmap over the weights ({', '.join(batched)}) is not supported by the "
                 "2:4 path; vmap over x only, or use sparse=False")
+        if options[3]:
+            raise NotImplementedError("sp24.relu2_ffn: torch.func.vmap over caller-padded tokens (sp24.relu2_experts' "
+                                      "layout) is not supported")
         B = info.batch_size
         xb = x2d.unsqueeze(0).expand(B, *x2d.shape) if in_dims[0] is None else x2d.movedim(in_dims[0], 0)
         T, d = xb.shape[1], xb.shape[2]

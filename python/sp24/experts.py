@@ -168,7 +168,7 @@ def _dense_experts(x, top_k_index, top_k_weights, w1, w2, b1, b2, tokens, slots,
     return out.index_add_(0, tok, y.to(out.dtype)).to(x.dtype)
 
 
-def _layout(tokens: Tensor, slots: Tensor, counts: list, two4: list, permute: bool, align: int):
+def _layout(tokens: Tensor, counts: list, two4: list, permute: bool, align: int):
     """The rows of the experts' tokens as the 2:4 FFN takes them, all experts in one (R,) index.
 
     Expert e's n_e pairs (in route's order) occupy rows [start_e, start_e + R_e). An expert that runs
@@ -176,8 +176,10 @@ def _layout(tokens: Tensor, slots: Tensor, counts: list, two4: list, permute: bo
     computed here for all experts at once: a stable sort by (expert, hash of the rank in the expert),
     which is that permutation within each expert) followed by padding rows up to a multiple of align
     (R_e = n_e rounded up); the others keep route's order, unpadded (R_e = n_e).
-    Returns (row_pair, sizes): the index of each row's pair in route's order (-1 for a padding
-    row) and the R_e of the experts with tokens."""
+    Returns (row_pair, pair, sizes): the index of each row's pair in route's order (-1 for a padding
+    row), the same without the padding rows (row_pair[row_pair >= 0], made without a sync: the rows
+    of the pairs increase with their position in the new order) and the R_e of the experts with
+    tokens."""
     n = sum(counts)
     dev = tokens.device
     active = [c for c in counts if c]
@@ -188,7 +190,9 @@ def _layout(tokens: Tensor, slots: Tensor, counts: list, two4: list, permute: bo
     for c, r in zip(active[:-1], sizes[:-1]):
         starts.append(starts[-1] + c)
         pstarts.append(pstarts[-1] + r)
-    host = torch.tensor([active, starts, pstarts, flags], dtype=torch.int64).to(dev)
+    host = torch.tensor([active, starts, pstarts, flags], dtype=torch.int64)
+    pinned = dev.type == "cuda" and not torch.compiler.is_compiling()
+    host = host.pin_memory().to(dev, non_blocking=True) if pinned else host.to(dev)
     expert = torch.repeat_interleave(torch.arange(len(active), device=dev), host[0], output_size=n)
     rank = torch.arange(n, device=dev) - host[1].index_select(0, expert)
     if permute:
@@ -199,7 +203,7 @@ def _layout(tokens: Tensor, slots: Tensor, counts: list, two4: list, permute: bo
         order = torch.arange(n, device=dev)
     dest = host[2].index_select(0, expert) + rank          # row of the q-th pair of the expert-major order
     row_pair = torch.full((sum(sizes),), -1, dtype=torch.int64, device=dev)
-    return row_pair.index_copy_(0, dest, order), sizes
+    return row_pair.index_copy_(0, dest, order), order, sizes
 
 
 def _sparse_experts(x, top_k_index, top_k_weights, w1, w2, b1, b2, tokens, slots, counts, dense_fraction,
@@ -220,11 +224,13 @@ def _sparse_experts(x, top_k_index, top_k_weights, w1, w2, b1, b2, tokens, slots
     amp = _autocast_dtype(x)
     out_dtype = amp or x.dtype
     compute = _fp8.COMPUTE_DTYPE if fp8 else out_dtype
-    backward = torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                               for t in (x, top_k_weights, w1, w2, b1, b2))
+    if not fp8 and compute not in (torch.float16, torch.bfloat16, torch.float32):
+        raise TypeError(f"{OP}: sparse=True needs torch.float16, torch.bfloat16 or torch.float32, got {compute}; "
+                        f"cast the inputs or use sparse=False")
+    # as relu2_ffn decides it (the routing weights' gradient needs no FFN backward)
+    backward = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w1, w2, b1, b2))
     two4 = [bool(c) and not _fallback.use_dense(x.device, c, d, Fh, compute, backward) for c in counts]
-    row_pair, sizes = _layout(tokens, slots, counts, two4, permute_tokens,
-                              FP8_TOKEN_ALIGN if fp8 else TOKEN_ALIGN)
+    row_pair, pair, sizes = _layout(tokens, counts, two4, permute_tokens, FP8_TOKEN_ALIGN if fp8 else TOKEN_ALIGN)
     real = row_pair >= 0
     # padding rows read row T of x padded with one zero row (their gradient lands there and is dropped)
     row_tok = torch.where(real, tokens.index_select(0, row_pair.clamp(min=0)), T)
@@ -245,8 +251,9 @@ def _sparse_experts(x, top_k_index, top_k_weights, w1, w2, b1, b2, tokens, slots
             ys.append(y[:n])
         y = torch.cat(ys).to(out_dtype)
     # the rows' pairs (padding removed) in the order of the outputs; per token, its pairs are added
-    # in increasing expert order, as in the eager loop
-    pair = row_pair[real]
+    # in increasing expert order, as in the eager loop (pairs of one token in one expert, which top-k
+    # routing never makes, in the expert's permuted order: with three or more of them the sum can
+    # differ in the last bit from relu2_ffn per expert)
     tok = tokens.index_select(0, pair)
     w = top_k_weights.reshape(-1).index_select(0, tok * k + slots.index_select(0, pair))
     return out.index_add_(0, tok, (y * w[:, None]).to(out.dtype)).to(x.dtype)

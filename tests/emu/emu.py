@@ -122,6 +122,24 @@ def quantize_rows(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q.view(torch.float8_e4m3fn), scales
 
 
+def sparsify24_fp8_fused(x: torch.Tensor, algo: str, relu2: bool, max_blocks: int = 65535):
+    """The one-kernel CUDA sparsify24_fp8 (no counts): (q (M, K/2) e4m3, indices, scales (M,)), or None
+    where the glue takes the two-kernel chain instead (a row's kept values past the kernel's 32 KiB).
+    max_blocks caps the grid (one block per row otherwise), so that blocks go round the row loop."""
+    _check_rows(x)
+    M, K = x.shape
+    q, indices, scales = poisoned((M, K // 2), torch.uint8), poisoned((M, K // 2), torch.uint8), poisoned((M,), torch.float32)
+    err = ctypes.create_string_buffer(1024)
+    rc = lib().sp24emu_sparsify24_fp8_fused(_p(x), _i(x.stride(0)), _p(q), _p(indices), _p(scales), _i(M), _i(K),
+                                            ALGO_CODE[algo], int(relu2), DTYPE_CODE[x.dtype], _i(max_blocks), err,
+                                            _i(len(err)))
+    if rc == 2:
+        return None
+    if rc != 0:
+        raise RuntimeError(err.value.decode())
+    return q.view(torch.float8_e4m3fn), indices, scales
+
+
 def cslt_meta(indices: torch.Tensor) -> torch.Tensor:
     M, H = indices.shape
     meta = poisoned((M * 2 * H // 8,), torch.uint8)

@@ -485,6 +485,58 @@ def test_quantize_rows_e4m3(dtype, M, n, kind):
     done()
 
 
+# ---- FP8: sparsify24_fp8 as one kernel (no counts) -------------------------------------------------
+FUSED_KS = [4, 12, 36, 64, 200, 264, 2056]  # past 8 groups per thread at 2056 (256 threads, 514 groups)
+
+
+@pytest.mark.parametrize("layout", ["contig", "odd", "pitched", "shifted"])
+@pytest.mark.parametrize("kind", FP8_DATA)
+@pytest.mark.parametrize("K", FUSED_KS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_sparsify24_fp8_fused(dtype, K, kind, layout):
+    """The one-kernel CUDA sparsify24_fp8 (the glue's path without counts): the bits of the CPU op
+    (sparsify24, then the row quantisation), of the oracle and of the two-kernel CUDA chain."""
+    s = seed_of("fused", dtype, K, kind, layout)
+    M = [1, 3, 9][s % 3]
+    x = place(_fp8_input(kind, M, K, dtype, s), layout)
+    algo, act = ALGOS[s % 2], ("relu2" if (s >> 1) % 2 else None)
+    # a grid of 1, 2 or M blocks: the blocks go round the row loop (shared memory reused per row)
+    got = emu.sparsify24_fp8_fused(x, algo, act == "relu2", max_blocks=[1, 2, M][(s >> 2) % 3])
+    assert got is not None, "the fused kernel takes every row of at most 32 KiB of kept values"
+    q, i, sc = got
+    what = f"sparsify24_fp8 fused {dtype} ({M}, {K}) {kind} {layout} {algo} {act}"
+    qc, ic, scc, _ = ops.sparsify24_fp8(x, algo, act, False)
+    same(what + ": q vs CPU", q, qc)
+    same(what + ": indices vs CPU", i, ic)
+    same(what + ": scales vs CPU", sc, scc)
+    v, iv, _ = ops.sparsify24(x, algo, act, False)
+    qr, sr = ref_fp8.quantize_rows(v)
+    same(what + ": q vs oracle", q, qr)
+    same(what + ": scales vs oracle", sc, sr)
+    ve, ie, _, _ = emu.sparsify24(x, algo, act == "relu2", False)  # the two-kernel chain
+    qe, se = emu.quantize_rows(ve)
+    same(what + ": vs the chain, q", q, qe)
+    same(what + ": vs the chain, indices", i, ie)
+    same(what + ": vs the chain, scales", sc, se)
+    done()
+
+
+@pytest.mark.parametrize("dtype,K,fused", [(torch.float32, 16384, True), (torch.float32, 16392, False),
+                                           (torch.bfloat16, 32768, True), (torch.bfloat16, 32776, False)])
+def test_sparsify24_fp8_fused_takes_rows_up_to_32_kib(dtype, K, fused):
+    """The shared-memory bound: a row of K/2 kept values up to 32 KiB runs fused (bit-exact with the CPU
+    op), one past it is left to the two-kernel chain."""
+    x = _fp8_input("randn", 2, K, dtype, seed_of("fusedK", dtype, K))
+    got = emu.sparsify24_fp8_fused(x, "largest", True)
+    assert (got is not None) == fused
+    if fused:
+        qc, ic, scc, _ = ops.sparsify24_fp8(x, "largest", "relu2", False)
+        same(f"fused ({K}) q", got[0], qc)
+        same(f"fused ({K}) indices", got[1], ic)
+        same(f"fused ({K}) scales", got[2], scc)
+    done()
+
+
 @pytest.mark.parametrize("T,N", [(4, 3), (36, 17), (64, 65), (200, 130)])
 @pytest.mark.parametrize("dtype", HALF, ids=str)
 def test_sparsify24_transposed_fp8_chain(dtype, T, N):
