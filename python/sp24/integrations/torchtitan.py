@@ -19,8 +19,13 @@ such a registry::
   (hidden = 4 * dim) and tensor-parallel sharding for them: the FFN computes on its local shards inside
   one local region (x replicated in, a partial sum out, reduced as torchtitan reduces ``w2``), so each
   rank runs the 2:4 FFN on its F/tp features, as ``sp24.nn.tensor_parallel`` does for torch's plans.
-- The dense warm-up: the ModelSpec's ``post_optimizer_build_fn`` switches every sp24 FFN to 2:4 after
-  ``warmup_steps`` optimizer steps, counted from the optimizer's own state (so a resumed run counts on).
+- The dense warm-up: the ModelSpec's ``post_optimizer_build_fn`` puts every sp24 FFN in 2:4 mode once
+  its optimizer has taken ``warmup_steps`` steps, counted from the optimizer's own state (so a resumed
+  run counts on), after each step and right after the optimizer's state is loaded.
+- No extra checkpoint key: in torchtitan an FFN's mode is its config and the optimizer's step, so the
+  FFNs' state_dict is the dense flavour's (``w1.weight``, ``w2.weight``) and a dense torchtitan
+  checkpoint loads into the converted model under DCP (which refuses a key the checkpoint lacks),
+  and the other way round.
 
 What needs a GPU: torchtitan's trainer (``torchtitan.train``) targets CUDA, and FlexAttention has no
 backward on the CPU. On the CPU the model is built, converted, parallelised (gloo) and run forward,
@@ -29,7 +34,7 @@ and the FFNs train, as the tests do (tests/test_torchtitan.py).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -76,6 +81,15 @@ def _local(t: Tensor | None, name: str, want: int, where: str) -> Tensor | None:
     return t.to_local()
 
 
+def _check_warmup(op: str, steps, sparse: bool) -> int:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"{op}: warmup_steps must be an int >= 0, got {steps!r}")
+    if sparse and steps > 0:
+        raise ValueError(f"{op}: sparse=True starts in 2:4, so warmup_steps={steps} (dense steps first) contradicts "
+                         f"it; use sparse=False with warmup_steps > 0 for a dense warm-up, or warmup_steps=0")
+    return steps
+
+
 class ReLU2FeedForward(Module):
     """Squared-ReLU feed-forward ``w2(relu(w1(x))^2)``, the dense flavour (torchtitan's FFN is SwiGLU).
 
@@ -90,6 +104,16 @@ class ReLU2FeedForward(Module):
 
     def __init__(self, config: Config):
         super().__init__()
+        for name in ("w1", "w2"):
+            kind = type(getattr(config, name))
+            if kind is not Linear.Config:
+                # the FFN computes with the weights directly (F.linear / relu2_ffn), so a Linear-level
+                # converter (LoRA, float8, MX) would be bypassed silently: its adapters untrained, its
+                # quantisation skipped
+                raise ValueError(f"sp24.integrations.torchtitan.{type(self).__name__}: {name} must be a plain "
+                                 f"torchtitan Linear.Config, got {'.'.join(kind.__qualname__.split('.')[-2:])} (from a Linear-level converter "
+                                 f"such as LoRA or float8); the Squared-ReLU FFN reads its weights directly and "
+                                 f"would bypass it: drop that converter for the FFNs")
         if config.w2.bias:
             raise ValueError(f"sp24.integrations.torchtitan.{type(self).__name__}: w2 must have no bias (it would "
                              f"be added once per tensor-parallel rank), got bias=True")
@@ -113,9 +137,13 @@ class ReLU2FeedForward(Module):
 class Sp24FeedForward(SparseMode, ReLU2FeedForward):
     """:class:`ReLU2FeedForward` with sp24's 2:4 path (:func:`sp24.relu2_ffn` on the local shards).
 
-    Config adds ``sparse`` (start in 2:4 mode), ``dense_fraction``, ``permute_tokens`` and
-    ``warmup_steps`` (dense optimizer steps before 2:4; read by :func:`register_warmup`). The mode is in
-    the state_dict as ``<prefix>sp24_mode``; ``sp24.nn.set_sparse`` / ``DenseWarmup`` switch it.
+    Config adds ``sparse`` (2:4 from the start), ``dense_fraction``, ``permute_tokens`` and
+    ``warmup_steps`` (> 0: dense for that many optimizer steps, then 2:4, by :func:`register_warmup`;
+    0 with ``sparse=False``: dense throughout). ``sparse=True`` with ``warmup_steps`` > 0 is refused
+    (a warm-up that starts sparse). Unlike :class:`sp24.nn.ReLU2FFN` the module saves no
+    ``sp24_mode`` key: in torchtitan its mode is a function of its config and the optimizer's step, so
+    its state_dict keys are the dense flavour's. ``sp24.nn.set_sparse`` still switches it for the
+    current process.
     """
 
     @dataclass(kw_only=True, slots=True)
@@ -130,7 +158,12 @@ class Sp24FeedForward(SparseMode, ReLU2FeedForward):
         self._init_flags(config.sparse, config.dense_fraction, ("w1", "w2"))
         self.permute_tokens = _checks.check_bool(f"sp24.nn.{type(self).__name__}", "permute_tokens",
                                                  config.permute_tokens)
-        self.warmup_steps = config.warmup_steps
+        self.warmup_steps = _check_warmup(f"sp24.integrations.torchtitan.{type(self).__name__}", config.warmup_steps,
+                                          config.sparse)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        # the dense flavour's keys only (no sp24_mode; see the class docstring)
+        super(SparseMode, self)._save_to_state_dict(destination, prefix, keep_vars)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.sparse:
@@ -150,25 +183,30 @@ class Sp24Converter(ModelConfigConverter):
     Runs before the build (as torchtitan's float8 converter does), so the parallelisms applied after
     the build see the sp24 modules. Parameter names, shapes, init and sharding are kept.
 
-    Config: ``sparse`` (start in 2:4; default False), ``warmup_steps`` (dense optimizer steps before
-    2:4, default 0: with ``sparse=False`` and 0 steps the FFNs stay dense until ``set_sparse``),
-    ``dense_fraction`` (0.05), ``permute_tokens`` (True).
+    Config: ``sparse`` (2:4 from the first step; default False), ``warmup_steps`` (dense for that many
+    optimizer steps, then 2:4; default None: 1000 with ``sparse=False``, 0 with ``sparse=True``; an
+    explicit value > 0 with ``sparse=True`` is refused; 0 with ``sparse=False`` keeps the FFNs dense,
+    unlike ``sp24.nn.DenseWarmup(steps=0)``, which switches at once), ``dense_fraction`` (0.05),
+    ``permute_tokens`` (True).
     """
 
     @dataclass(kw_only=True, slots=True)
     class Config(ModelConfigConverter.Config):
         sparse: bool = False
-        warmup_steps: int = 1000
+        warmup_steps: int | None = None
         dense_fraction: float = 0.05
         permute_tokens: bool = True
+
+    DEFAULT_WARMUP_STEPS = 1000  # warmup_steps=None with sparse=False
 
     def __init__(self, config: Config):
         op = "sp24.integrations.torchtitan.Sp24Converter"
         _checks.check_bool(op, "sparse", config.sparse)
         _checks.check_bool(op, "permute_tokens", config.permute_tokens)
         _checks.check_fraction(op, "dense_fraction", config.dense_fraction)
-        if isinstance(config.warmup_steps, bool) or not isinstance(config.warmup_steps, int) or config.warmup_steps < 0:
-            raise ValueError(f"{op}: warmup_steps must be an int >= 0, got {config.warmup_steps!r}")
+        if config.warmup_steps is None:
+            config = replace(config, warmup_steps=0 if config.sparse else self.DEFAULT_WARMUP_STEPS)
+        _check_warmup(op, config.warmup_steps, config.sparse)
         self.config = config
 
     def convert(self, model_config):
@@ -216,7 +254,14 @@ class ReLU2Llama3Model(Llama3Model):
         def update_from_config(self, *, config, **kwargs) -> None:
             from torchtitan.models.common.decoder import Decoder
 
+            from torchtitan.models.common.attention import VarlenAttention
+
             Decoder.Config.update_from_config(self, config=config, **kwargs)
+            # Llama-3's own check (its update_from_config is replaced here, not called)
+            if config.parallelism.context_parallel_degree > 1 and isinstance(
+                    self.layers[0].attention.inner_attention, VarlenAttention.Config):
+                raise NotImplementedError("Context Parallel only supports SDPA and FlexAttention. Varlen attention is "
+                                          "not supported with CP.")
             sp = config.parallelism.enable_sequence_parallel
             set_decoder_sharding_config(self, enable_sp=sp)
             for layer in self.layers:
@@ -249,28 +294,62 @@ def _sp24_modules(model_parts):
 
 
 def register_warmup(optimizers, model_parts, parallel_dims=None) -> None:
-    """The dense warm-up in torchtitan (a ModelSpec ``post_optimizer_build_fn``): after each optimizer
-    step, every sp24 FFN whose ``warmup_steps`` > 0 have passed goes 2:4. The step is the optimizer's own
-    count (``state[w]['step']`` of the FFN's first weight), which a checkpoint restores, so a resumed run
-    switches at the same step; the mode itself is in each FFN's state_dict."""
+    """The dense warm-up in torchtitan (a ModelSpec ``post_optimizer_build_fn``): every sp24 FFN with
+    ``warmup_steps`` > 0 is in 2:4 mode exactly when its optimizer's step count (``state[w1]['step']``,
+    which a checkpoint restores) has reached ``warmup_steps``. Evaluated after each optimizer step and
+    right after an optimizer's state is loaded (so a resumed run's first step already has the mode of
+    its step). An optimizer that keeps no step count (SGD, Muon) is refused after its first step, by
+    name. At a switch, torchtitan's CUDA graphs (captured in the other mode) are dropped, to be
+    captured again; sp24's own configs turn CUDA graphs off."""
     ffns = [m for m in _sp24_modules(model_parts) if m.warmup_steps > 0]
     if not ffns:
         return
-    opts = getattr(optimizers, "optimizers", [optimizers])
+    opts = list(getattr(optimizers, "optimizers", [optimizers]))
 
-    def step_of(w) -> int:
-        for opt in opts:
-            st = opt.state.get(w)
-            if st and "step" in st:
-                return int(st["step"])
-        return 0
+    def owner(w):
+        return next((o for o in opts if any(w is p for g in o.param_groups for p in g["params"])), None)
 
-    def hook(*_args, **_kwargs) -> None:
+    def update(after_step: bool) -> None:
+        steps: dict = {}  # one read (a device sync for an on-device step) per optimizer
+        switched = False
         for m in ffns:
-            if not m.sparse and step_of(m.w1.weight) >= m.warmup_steps:
-                set_sparse(m, True)
+            opt = owner(m.w1.weight)
+            if opt is None:
+                raise RuntimeError(f"sp24.integrations.torchtitan.register_warmup: {m._sp24_name()}'s w1.weight is in "
+                                   f"no optimizer's param_groups; the warm-up counts that optimizer's steps")
+            if id(opt) not in steps:
+                st = opt.state.get(m.w1.weight, {})
+                if "step" not in st:
+                    if after_step:
+                        raise RuntimeError(
+                            f"sp24.integrations.torchtitan.register_warmup: the dense warm-up counts the optimizer's "
+                            f"steps from its state['step'], and {type(opt).__name__} keeps none (state keys: "
+                            f"{sorted(st)}); use an optimizer with a step count (Adam, AdamW), or "
+                            f"Sp24Converter(sparse=True, warmup_steps=0) to train 2:4 from the first step")
+                    steps[id(opt)] = 0
+                else:
+                    steps[id(opt)] = int(st["step"])
+            want = steps[id(opt)] >= m.warmup_steps
+            if m.sparse != want:
+                set_sparse(m, want)
+                switched = True
+        if switched:
+            _drop_cuda_graphs()
 
-    optimizers.register_step_post_hook(hook)
+    optimizers.register_step_post_hook(lambda *_a, **_k: update(True))
+    for opt in opts:  # torchtitan's OptimizersContainer loads each inner optimizer's state
+        opt.register_load_state_dict_post_hook(lambda *_a, **_k: update(False))
+
+
+def _drop_cuda_graphs() -> None:
+    """Drop the step graphs torchtitan captured (training.disable_cuda_graphs=False): they replay the
+    FFNs' previous mode. Each is captured again on its next call. Nothing to do without CUDA graphs."""
+    try:
+        from torchtitan.distributed import cudagraph
+    except ImportError:  # pragma: no cover
+        return
+    for wrapper in list(getattr(cudagraph._manager, "_wrappers", [])):
+        wrapper.teardown()
 
 
 def model_registry(flavor: str = "debugmodel", attn_backend: str = "flex",
@@ -278,6 +357,9 @@ def model_registry(flavor: str = "debugmodel", attn_backend: str = "flex",
     """A ModelSpec: Llama-3 ``flavor`` with Squared-ReLU FFNs, ``converters`` applied to its config
     (e.g. ``[Sp24Converter.Config(warmup_steps=1000)]``), torchtitan's Llama-3 parallelisation, and
     the dense warm-up hook."""
+    from torchtitan.models.utils import validate_converter_order
+
+    validate_converter_order(converters or [])
     config = _relu2_llama3(flavor, attn_backend)
     for c in converters or []:
         config = c.build().convert(config)
@@ -292,6 +374,9 @@ def _trainer_config(spec: ModelSpec):
     cfg.model_spec = spec
     cfg.loss.loss_fn.global_vocab_size = spec.model.vocab_size
     cfg.parallelism.pipeline_parallel_degree = 1
+    # the warm-up switches the FFNs' Python path between steps; a captured CUDA graph would replay the
+    # old one (register_warmup drops the graphs at a switch, but that is not checked on a GPU yet)
+    cfg.training.disable_cuda_graphs = True
     return cfg
 
 
