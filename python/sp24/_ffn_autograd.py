@@ -5,6 +5,8 @@ feature split. sp24.ffn documents the method (its module docstring) and re-expor
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F_
 from torch import Tensor
@@ -107,6 +109,28 @@ def _pad_rows(t: Tensor, pad: int) -> Tensor:
     return F_.pad(t, (0, 0, 0, pad)) if pad else t
 
 
+def _eager() -> bool:
+    # plain eager autograd: not traced by torch.compile, no torch.func transform active
+    return not torch.compiler.is_compiling() and not torch._C._are_functorch_transforms_active()
+
+
+def _below_autograd():
+    """Inside the Function's forward and backward (where autograd records nothing anyway), the ops
+    dispatched below the Autograd key in eager mode: sp24's ops then skip their Python autograd
+    wrapper (about half the cost of a small op's call). Not under torch.compile or torch.func."""
+    return torch._C._AutoDispatchBelowAutograd() if _eager() else contextlib.nullcontext()
+
+
+def apply_ffn(*args):
+    """_SparseReLU2FFN.apply(*args) with every argument given positionally. In eager mode it skips
+    torch.autograd.Function.apply's binding of default arguments (an inspect.signature per call,
+    about a third of a small FFN's forward on the CPU), which is a no-op when all of them are
+    given; under torch.compile and torch.func it is Function.apply itself."""
+    if len(args) != 11 or not _eager():
+        return _SparseReLU2FFN.apply(*args)
+    return super(torch.autograd.Function, _SparseReLU2FFN).apply(*args)
+
+
 class _SparseReLU2FFN(torch.autograd.Function):
     # A torch.autograd.Function (not a custom_op): it is made of sp24 ops that already have
     # Meta kernels, so Dynamo traces forward and backward into the graph with fullgraph=True and
@@ -117,6 +141,11 @@ class _SparseReLU2FFN(torch.autograd.Function):
 
     @staticmethod
     def forward(x2d, w1, w2, b1, b2, perm, inv_perm, n_dense, out_shape, need_counts, options):
+        with _below_autograd():
+            return _SparseReLU2FFN._forward(x2d, w1, w2, b1, b2, perm, need_counts, out_shape, options)
+
+    @staticmethod
+    def _forward(x2d, w1, w2, b1, b2, perm, need_counts, out_shape, options):
         T, d = x2d.shape
         fp8 = options[2]  # the forward GEMMs in FP8 (sp24._fp8); the backward is the same either way
         # options[3]: how many of x2d's last rows are zero padding the caller appended (sp24.experts
@@ -189,6 +218,11 @@ class _SparseReLU2FFN(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable  # no double backward (a clear error if asked)
     def backward(ctx, dout, _dvalues, _dpacked, _dcounts, _dy1):
+        with _below_autograd():
+            return _SparseReLU2FFN._backward(ctx, dout)
+
+    @staticmethod
+    def _backward(ctx, dout):
         if not torch.compiler.is_compiling() and _under_vmap():
             raise NotImplementedError(
                 "sp24.relu2_ffn: torch.func.vmap over a gradient (e.g. per-sample gradients, vmap(grad(f))) is not "

@@ -35,7 +35,7 @@ from torch import Tensor
 from torch._subclasses.fake_tensor import is_fake
 
 from . import _checks, _fallback, _fp8
-from ._ffn_autograd import FP8_TOKEN_ALIGN, PERMUTATION_SEED, TOKEN_ALIGN, _hash31, _SparseReLU2FFN
+from ._ffn_autograd import FP8_TOKEN_ALIGN, PERMUTATION_SEED, TOKEN_ALIGN, _hash31, apply_ffn
 from .ffn import _autocast_dtype, _check_options, _fp8_wanted, dense_relu2_ffn, n_dense_features, relu2_ffn
 
 __all__ = ["relu2_experts", "route"]
@@ -246,7 +246,7 @@ def _sparse_experts(x, top_k_index, top_k_weights, w1, w2, b1, b2, tokens, slots
             if not two:
                 ys.append((_fp8.dense_relu2_ffn if fp8 else dense_relu2_ffn)(xe, w1e, w2e, b1e, b2e))
                 continue
-            y = _SparseReLU2FFN.apply(xe, w1e, w2e, b1e, b2e, None, None, n_dense, tuple(xe.shape), backward,
+            y = apply_ffn(xe, w1e, w2e, b1e, b2e, None, None, n_dense, tuple(xe.shape), backward,
                                       (*options, fp8, xe.shape[0] - n))[0]
             ys.append(y[:n])
         y = torch.cat(ys).to(out_dtype)

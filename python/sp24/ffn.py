@@ -51,7 +51,7 @@ from torch import Tensor
 from . import _checks, _fallback, _fp8
 from ._fallback import fallback  # noqa: F401  (public: sp24.ffn.fallback(False))
 from ._ffn_autograd import (  # noqa: F401  (public names of sp24.ffn, and what tests inspect)
-    _PERM_CACHE, PERMUTATION_SEED, TOKEN_ALIGN, _make_permutation, _SparseReLU2FFN, feature_split,
+    _PERM_CACHE, PERMUTATION_SEED, TOKEN_ALIGN, _make_permutation, _SparseReLU2FFN, apply_ffn, feature_split,
     token_permutation)
 
 __all__ = ["relu2_ffn", "dense_relu2_ffn", "saved_bytes", "token_permutation", "fallback",
@@ -171,8 +171,8 @@ def _sparse_relu2_ffn(x: Tensor, w1: Tensor, w2: Tensor, b1: Optional[Tensor], b
             (gradient, bool(sparse_backward), fp8, 0))
     if amp is not None:
         with torch.autocast(x.device.type, enabled=False):
-            return _SparseReLU2FFN.apply(*args)[0]
-    return _SparseReLU2FFN.apply(*args)[0]
+            return apply_ffn(*args)[0]
+    return apply_ffn(*args)[0]
 
 
 def _fp8_relu2_ffn(x, w1, w2, b1, b2, sparse, dense_fraction, permute_tokens, gradient, sparse_backward, amp):
