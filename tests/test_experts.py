@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F_
 
-from helpers import gen
+from helpers import gen, requires_cuda
 import sp24
 from sp24 import _fallback, ffn, reference_ffn
 from sp24.experts import route
@@ -170,7 +170,7 @@ def _per_expert_relu2_ffn(x, idx, wts, w1, w2, b1, b2, **kw):
     # the definition of the sparse path: each expert's tokens (route's order) through relu2_ffn,
     # added per token in increasing expert order
     tokens, slots, counts = route(idx, w1.shape[0])
-    out, start = torch.zeros(x.shape, dtype=wts.dtype), 0
+    out, start = torch.zeros(x.shape, dtype=wts.dtype, device=x.device), 0
     for e, n in enumerate(counts):
         tok, slot = tokens[start:start + n], slots[start:start + n]
         start += n
@@ -375,3 +375,30 @@ def test_stack_dtypes_are_checked_even_when_nothing_is_routed():
         for idx in (dropped, torch.zeros(6, 2, dtype=torch.long)):
             with pytest.raises(TypeError, match=r"sp24.relu2_experts: w[12].dtype must equal x.dtype"):
                 sp24.relu2_experts(x, idx, wts, a["w1"], a["w2"], sparse=False)
+
+
+@requires_cuda
+@pytest.mark.gpu
+def test_cuda_sparse_path_is_relu2_ffn_per_expert_bit_for_bit():
+    # the layout on CUDA (each expert's rows a view at a row offset of one gather), cuSPARSELt shapes
+    # (d, F multiples of 16); k = 1, so no token is added twice (CUDA's index_add_ uses atomics)
+    T, Ex, d, Fh = 200, 4, 64, 128
+    g = gen(26)
+    x = torch.randn(T, d, generator=g).bfloat16()
+    w1 = (torch.randn(Ex, Fh, d, generator=g) / 8).bfloat16()
+    w2 = (torch.randn(Ex, d, Fh, generator=g) / 11).bfloat16()
+    idx = torch.randint(0, Ex, (T, 1), generator=g)
+    idx[:5] = Ex  # dropped pairs
+    wts, dout = torch.rand(T, 1, generator=g), torch.randn(T, d, generator=g).bfloat16()
+
+    def run(fn):
+        leaves = [t.cuda().requires_grad_() for t in (x, wts, w1, w2)]
+        with ffn.fallback(False):
+            out = fn(*leaves)
+        out.backward(dout.cuda())
+        return [out.detach().cpu()] + [t.grad.cpu() for t in leaves]
+
+    got = run(lambda x_, w_, a, b: sp24.relu2_experts(x_, idx.cuda(), w_, a, b, dense_fraction=0.25))
+    want = run(lambda x_, w_, a, b: _per_expert_relu2_ffn(x_, idx.cuda(), w_, a, b, None, None, dense_fraction=0.25))
+    for name, a, b in zip(("out", "dx", "dweights", "dw1", "dw2"), got, want):
+        assert torch.equal(a, b), name

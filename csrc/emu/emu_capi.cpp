@@ -61,6 +61,21 @@ __global__ void barrier_shuffle_kernel(int* out) {
   out[blockIdx.x * n + t] = __shfl_xor_sync(0xffffffffu, mine, 1);
 }
 
+// The fields of a row-wise sparsify that every entry below sets (values, counts, metadata: theirs).
+sp24::Sparsify24Params sparsify_params(const void* x, int64_t row_stride, uint8_t* indices, int64_t M, int64_t K,
+                                       int algo, int relu2, int dtype) {
+  sp24::Sparsify24Params p;
+  p.x = x;
+  p.x_row_stride = row_stride;
+  p.indices = indices;
+  p.M = M;
+  p.K = K;
+  p.algo = algo;
+  p.relu2 = relu2 != 0;
+  p.dtype = dtype_of(dtype);
+  return p;
+}
+
 }  // namespace
 
 extern "C" {
@@ -75,17 +90,9 @@ int sp24emu_sanitized() {
 
 int sp24emu_sparsify24(const void* x, int64_t row_stride, void* values, uint8_t* indices, int32_t* counts, int64_t M,
                        int64_t K, int algo, int relu2, int dtype, uint8_t* cslt_meta, char* err, int64_t errlen) {
-  sp24::Sparsify24Params p;
-  p.x = x;
-  p.x_row_stride = row_stride;
+  sp24::Sparsify24Params p = sparsify_params(x, row_stride, indices, M, K, algo, relu2, dtype);
   p.values = values;
-  p.indices = indices;
   p.counts = counts;
-  p.M = M;
-  p.K = K;
-  p.algo = algo;
-  p.relu2 = relu2 != 0;
-  p.dtype = dtype_of(dtype);
   p.cslt_meta = cslt_meta;
   return guarded(err, errlen, [&] { sp24::sparsify24_cuda(p, nullptr); });
 }
@@ -182,15 +189,7 @@ int sp24emu_quantize_rows(const void* values, uint8_t* q, float* scales, int64_t
 int sp24emu_sparsify24_fp8_fused(const void* x, int64_t row_stride, uint8_t* q, uint8_t* indices, float* scales,
                                  int64_t M, int64_t K, int algo, int relu2, int dtype, int64_t max_blocks, char* err,
                                  int64_t errlen) {
-  sp24::Sparsify24Params p;
-  p.x = x;
-  p.x_row_stride = row_stride;
-  p.indices = indices;
-  p.M = M;
-  p.K = K;
-  p.algo = algo;
-  p.relu2 = relu2 != 0;
-  p.dtype = dtype_of(dtype);
+  const sp24::Sparsify24Params p = sparsify_params(x, row_stride, indices, M, K, algo, relu2, dtype);
   sp24::QuantizeRowsParams qp;
   qp.q = q;
   qp.scales = scales;
