@@ -355,7 +355,7 @@ def test_options_are_checked_even_when_nothing_is_routed():
         sp24.relu2_experts(x, idx, wts, w1, w2, gradient="bogus")
 
 
-def test_meta_gives_the_shape_and_fake_mode_is_refused():
+def test_meta_and_fake_mode_give_the_shape_and_the_dense_loop_refuses_fake_mode():
     x, idx, wts, w1, w2, _ = (t.to("meta") for t in _problem(8, 2, seed=15))
     out = sp24.relu2_experts(x, idx, wts, w1, w2)
     assert out.device.type == "meta" and out.shape == (8, D)
@@ -363,8 +363,41 @@ def test_meta_gives_the_shape_and_fake_mode_is_refused():
     with FakeTensorMode():
         x, idx, wts, w1, w2 = torch.randn(8, D), torch.zeros(8, 2, dtype=torch.long), torch.rand(8, 2), \
             torch.randn(E, FH, D), torch.randn(E, D, FH)
-        with pytest.raises(RuntimeError, match="cannot run under FakeTensorMode"):
-            sp24.relu2_experts(x, idx, wts, w1, w2)
+        out = sp24.relu2_experts(x, idx, wts, w1, w2)  # the sparse path's op and its fake
+        assert out.shape == (8, D) and out.dtype == x.dtype
+        with pytest.raises(RuntimeError, match="sparse=False follows Hugging Face's eager loop"):
+            sp24.relu2_experts(x, idx, wts, w1, w2, sparse=False)
+
+
+@pytest.mark.parametrize("case", ["default", "biases", "autocast_bf16"])
+def test_fullgraph_compile_gives_the_eager_bits_forward_and_backward(case):
+    x, idx, wts, w1, w2, dout = _problem(40, 2, seed=27)
+    g = gen(28)
+    b1, b2 = (torch.randn(E, FH, generator=g) * 0.3, torch.randn(E, D, generator=g) * 0.3) if case == "biases" \
+        else (None, None)
+
+    def f(x_, w_, a, b, c, d):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=case == "autocast_bf16"):
+            return sp24.relu2_experts(x_, idx, w_, a, b, c, d, dense_fraction=0.25)
+
+    def run(fn):
+        leaves = [None if t is None else t.clone().requires_grad_() for t in (x, wts, w1, w2, b1, b2)]
+        out = fn(*leaves)
+        out.backward(dout)
+        return [out.detach()] + [None if t is None else t.grad for t in leaves]
+
+    want = run(f)
+    torch._dynamo.reset()
+    got = run(torch.compile(f, fullgraph=True))
+    for name, a, b in zip(("out", "dx", "dweights", "dw1", "dw2", "db1", "db2"), got, want):
+        assert (a is None) == (b is None) and (a is None or torch.equal(a, b)), name
+
+
+def test_the_compiled_paths_op_passes_opcheck():
+    x, idx, wts, w1, w2, _ = _problem(24, 2, seed=29)
+    args = (x, idx, wts.requires_grad_(), w1.requires_grad_(), w2, None, None, 0.25, True, "24sparse", True, False,
+            None)
+    torch.library.opcheck(torch.ops.sp24.relu2_experts_sparse.default, args)
 
 
 def test_stack_dtypes_are_checked_even_when_nothing_is_routed():

@@ -132,18 +132,24 @@ def relu2_experts(x: Tensor, top_k_index: Tensor, top_k_weights: Tensor, w1: Ten
     E, Fh, d = w1.shape
     if x.device.type == "meta":  # no values, no routing: the output's shape and dtype only
         return x.new_empty(x.shape)
-    if is_fake(x) and not torch.compiler.is_compiling():
-        raise RuntimeError(f"{OP}: the per-expert path needs the routing's per-expert token counts on the host, so it "
-                           f"cannot run under FakeTensorMode (nor torch.compile(fullgraph=True)); run it eagerly or "
-                           f"under torch.compile without fullgraph (a graph break at the routing)")
     if sparse and (d % 8 or Fh % 8):
         raise ValueError(f"{OP}: sparse=True needs d and F (the expert width) to be multiples of 8, got d={d}, "
                          f"F={Fh}; use sparse=False for this expert shape")
+    opts = (float(dense_fraction), bool(permute_tokens), gradient, bool(sparse_backward), bool(fp8))
+    if sparse and (torch.compiler.is_compiling() or is_fake(x)):
+        # traced (torch.compile, fullgraph included) or FakeTensorMode: one opaque op, whose sizes the
+        # routing does not decide (see _experts_op)
+        return torch.ops.sp24.relu2_experts_sparse(x, top_k_index, top_k_weights, w1, w2, b1, b2, *opts,
+                                                  _autocast_dtype(x))
+    if is_fake(x) or torch.compiler.is_compiling():
+        raise RuntimeError(f"{OP}: sparse=False follows Hugging Face's eager loop, which needs the routing's "
+                           f"per-expert token counts on the host: it cannot run under FakeTensorMode; run it eagerly, "
+                           f"or under torch.compile without fullgraph (a graph break at the routing)")
     tokens, slots, counts = route(top_k_index, E)
     if not sparse:
         return _dense_experts(x, top_k_index, top_k_weights, w1, w2, b1, b2, tokens, slots, counts, fp8)
     return _sparse_experts(x, top_k_index, top_k_weights, w1, w2, b1, b2, tokens, slots, counts,
-                           dense_fraction, permute_tokens, (gradient, bool(sparse_backward)), fp8)
+                           dense_fraction, permute_tokens, (gradient, bool(sparse_backward)), fp8, _autocast_dtype(x))
 
 
 def _dense_experts(x, top_k_index, top_k_weights, w1, w2, b1, b2, tokens, slots, counts, fp8) -> Tensor:
@@ -207,7 +213,7 @@ def _layout(tokens: Tensor, counts: list, two4: list, permute: bool, align: int)
 
 
 def _sparse_experts(x, top_k_index, top_k_weights, w1, w2, b1, b2, tokens, slots, counts, dense_fraction,
-                    permute_tokens, options, fp8) -> Tensor:
+                    permute_tokens, options, fp8, amp) -> Tensor:
     """sparse=True: each expert with tokens through the 2:4 FFN (relu2_ffn's method and options, its
     automatic dense fallback decided per expert), the experts' tokens gathered once, already in each
     expert's token permutation and padded (_layout), so the FFN permutes, pads and scatters nothing
@@ -221,8 +227,7 @@ def _sparse_experts(x, top_k_index, top_k_weights, w1, w2, b1, b2, tokens, slots
     if fp8 and (d % 16 or Fh % 16):
         raise ValueError(f"{OP}: fp8=True needs d and F (the expert width) to be multiples of 16 (the FP8 GEMMs' "
                          f"rule), got d={d}, F={Fh}; use fp8=False for this expert shape")
-    amp = _autocast_dtype(x)
-    out_dtype = amp or x.dtype
+    out_dtype = amp or x.dtype  # amp: the autocast dtype of the caller (None outside autocast)
     compute = _fp8.COMPUTE_DTYPE if fp8 else out_dtype
     if not fp8 and compute not in (torch.float16, torch.bfloat16, torch.float32):
         raise TypeError(f"{OP}: sparse=True needs torch.float16, torch.bfloat16 or torch.float32, got {compute}; "
@@ -257,3 +262,98 @@ def _sparse_experts(x, top_k_index, top_k_weights, w1, w2, b1, b2, tokens, slots
     tok = tokens.index_select(0, pair)
     w = top_k_weights.reshape(-1).index_select(0, tok * k + slots.index_select(0, pair))
     return out.index_add_(0, tok, (y * w[:, None]).to(out.dtype)).to(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# The sparse path as one custom op, for torch.compile (fullgraph=True included) and FakeTensorMode:
+# the routing's per-expert sizes are data-dependent, so the traced graph holds the whole path as one
+# opaque op of known output shape (x's), and its backward is a second op that runs the path again
+# with autograd and backpropagates (the forward is recomputed: about a third more expert work in a
+# compiled training step; the bits equal the eager path's, which is deterministic on the CPU).
+
+
+def _sparse_eager(x, top_k_index, top_k_weights, w1, w2, b1, b2, dense_fraction, permute_tokens, gradient,
+                  sparse_backward, fp8, amp):
+    tokens, slots, counts = route(top_k_index, w1.shape[0])
+    return _sparse_experts(x, top_k_index, top_k_weights, w1, w2, b1, b2, tokens, slots, counts, dense_fraction,
+                           permute_tokens, (gradient, sparse_backward), fp8, amp)
+
+
+@torch.library.custom_op("sp24::relu2_experts_sparse", mutates_args=())
+def _experts_op(x: Tensor, top_k_index: Tensor, top_k_weights: Tensor, w1: Tensor, w2: Tensor, b1: Optional[Tensor],
+                b2: Optional[Tensor], dense_fraction: float, permute_tokens: bool, gradient: str,
+                sparse_backward: bool, fp8: bool, amp: Optional[torch.dtype]) -> Tensor:
+    with torch.no_grad():
+        return _sparse_eager(x, top_k_index, top_k_weights, w1, w2, b1, b2, dense_fraction, permute_tokens, gradient,
+                             sparse_backward, fp8, amp)
+
+
+@_experts_op.register_fake
+def _(x, top_k_index, top_k_weights, w1, w2, b1, b2, dense_fraction, permute_tokens, gradient, sparse_backward, fp8,
+      amp):
+    return x.new_empty(x.shape, dtype=x.dtype)
+
+
+_AUTOGRAD_KEYS = tuple(getattr(torch._C.DispatchKey, k) for k in ("AutogradFunctionality", "AutogradOther",
+                                                                    "AutogradNestedTensor"))
+
+
+@contextlib.contextmanager
+def _autograd_dispatch():
+    """Autograd back on inside a custom op's kernel, which torch calls with the Autograd keys excluded
+    (the backward op records and runs a graph of its own); the exclusions restored after."""
+    before = [torch._C._dispatch_tls_is_dispatch_key_excluded(k) for k in _AUTOGRAD_KEYS]
+    try:
+        for k in _AUTOGRAD_KEYS:
+            torch._C._dispatch_tls_set_dispatch_key_excluded(k, False)
+        yield
+    finally:
+        for k, b in zip(_AUTOGRAD_KEYS, before):
+            torch._C._dispatch_tls_set_dispatch_key_excluded(k, b)
+
+
+@torch.library.custom_op("sp24::relu2_experts_sparse_backward", mutates_args=())
+def _experts_backward_op(grad: Tensor, x: Tensor, top_k_index: Tensor, top_k_weights: Tensor, w1: Tensor, w2: Tensor,
+                         b1: Optional[Tensor], b2: Optional[Tensor], dense_fraction: float, permute_tokens: bool,
+                         gradient: str, sparse_backward: bool, fp8: bool,
+                         amp: Optional[torch.dtype]) -> list[Tensor]:
+    """(dx, dtop_k_weights, dw1, dw2, db1, db2): the forward again with autograd, then its backward
+    (db1 / db2 empty without biases)."""
+    ins = [None if t is None else t.detach().requires_grad_() for t in (x, top_k_weights, w1, w2, b1, b2)]
+    with torch.enable_grad(), _autograd_dispatch():
+        out = _sparse_eager(ins[0], top_k_index, *ins[1:], dense_fraction, permute_tokens, gradient,
+                            sparse_backward, fp8, amp)
+        leaves = [t for t in ins if t is not None]
+        grads = dict(zip(map(id, leaves), torch.autograd.grad(out, leaves, grad, allow_unused=True)))
+    res = []
+    for t in ins:
+        g = None if t is None else grads[id(t)]
+        res.append(x.new_empty(0) if t is None else (torch.zeros_like(t) if g is None else g))
+    return res
+
+
+@_experts_backward_op.register_fake
+def _(grad, x, top_k_index, top_k_weights, w1, w2, b1, b2, dense_fraction, permute_tokens, gradient, sparse_backward,
+      fp8, amp):
+    return [x.new_empty(0) if t is None else torch.empty_like(t) for t in (x, top_k_weights, w1, w2, b1, b2)]
+
+
+def _experts_setup(ctx, inputs, output):
+    ctx.save_for_backward(*(t for t in inputs[:7] if t is not None))
+    ctx.has_bias = (inputs[5] is not None, inputs[6] is not None)
+    ctx.opts = inputs[7:]
+
+
+def _experts_backward(ctx, grad):
+    saved = list(ctx.saved_tensors)
+    x, idx, wts, w1, w2 = saved[:5]
+    rest = saved[5:]
+    b1 = rest.pop(0) if ctx.has_bias[0] else None
+    b2 = rest.pop(0) if ctx.has_bias[1] else None
+    dx, dwts, dw1, dw2, db1, db2 = torch.ops.sp24.relu2_experts_sparse_backward(grad, x, idx, wts, w1, w2, b1, b2,
+                                                                               *ctx.opts)
+    return (dx, None, dwts, dw1, dw2, db1 if ctx.has_bias[0] else None, db2 if ctx.has_bias[1] else None,
+            None, None, None, None, None, None)
+
+
+_experts_op.register_autograd(_experts_backward, setup_context=_experts_setup)
