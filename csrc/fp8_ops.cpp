@@ -26,8 +26,8 @@ void check_e4m3(const char* op, const char* name, const at::Tensor& t) {
 
 // sparsify24 of x, then the kept values quantised to e4m3 with one fp32 scale per row:
 // (values (M, K/2) e4m3, indices (M, K/2) uint8, scales (M,) fp32, counts). On CUDA one kernel where
-// it applies (no counts, a row's kept values within 32 KiB: sparsify24_fp8_fusable): the row's kept
-// values wait in shared memory for its scale. Otherwise, and on the CPU, two steps: the 16-bit
+// it applies and pays (no counts, rows of 1024 to 32 KiB of kept values: sparsify24_fp8_fused_pays):
+// the row's kept values wait in shared memory for its scale. Otherwise, and on the CPU, two steps: the 16-bit
 // sparsify24 kernel into a scratch buffer, then the row quantisation (the scale of a row needs the
 // whole row's amax before its first value can be written). The bits are the same either way.
 template <Backend B>
@@ -66,7 +66,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sparsify24_fp8(const 
 #ifdef SP24_WITH_CUDA
     if constexpr (B == Backend::kCUDA) {
       c10::cuda::CUDAGuard guard(x.device());
-      if (sparsify24_fp8_fusable(p)) {
+      if (sparsify24_fp8_fused_pays(p)) {
         sparsify24_fp8_fused_cuda(p, q, current_stream());
       } else {
         scratch();

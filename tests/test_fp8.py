@@ -322,13 +322,24 @@ def test_compile_fullgraph_dynamic():
 @requires_cuda
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", HALF + [torch.float32], ids=str)
-@pytest.mark.parametrize("with_counts,K", [(True, 264), (False, 264), (False, 16384), (False, 65536)])
-def test_cuda_sparsify24_fp8_bits(dtype, with_counts, K):
-    # with counts: two kernels; without: the one fused kernel up to 32 KiB of kept values per row
-    # (K = 16384 is fp32's limit), two kernels past it (K = 65536)
-    x = _rows_input(300 if K < 4096 else 40, K, dtype, 8)
-    got = ops.sparsify24_fp8(x.cuda(), "largest", "relu2", with_counts)
-    want = ops.sparsify24_fp8(x, "largest", "relu2", with_counts)
+@pytest.mark.parametrize("case", ["counts", "short_rows", "fused", "fused_misaligned", "fused_past_the_grid",
+                                  "long_rows", "empty_rows"])
+def test_cuda_sparsify24_fp8_bits(dtype, case):
+    # with counts or rows under 1024: two kernels; without counts from 1024 to 32 KiB of kept values per
+    # row: the one fused kernel (K = 16384 is fp32's limit; a misaligned view takes its scalar loads;
+    # 70000 rows go round its grid-stride loop, the grid being capped at 65535 blocks); past it: two kernels
+    M, K, algo, act, counts = {"counts": (300, 264, "largest", "relu2", True),
+                               "short_rows": (300, 264, "largest", "relu2", False),
+                               "fused": (40, 16384, "largest", "relu2", False),
+                               "fused_misaligned": (40, 2050, "largest_abs", None, False),
+                               "fused_past_the_grid": (70000, 1024, "largest", "relu2", False),
+                               "long_rows": (40, 65536, "largest", "relu2", False),
+                               "empty_rows": (5, 0, "largest", "relu2", False)}[case]
+    x = _rows_input(M, K, dtype, 8) if K else torch.zeros(M, 0, dtype=dtype)
+    if case == "fused_misaligned":
+        x = x[:, 2:]
+    got = ops.sparsify24_fp8(x.cuda(), algo, act, counts)
+    want = ops.sparsify24_fp8(x, algo, act, counts)
     for g, w in zip(got, want):
         assert_bits_equal(g.cpu(), w)
 

@@ -614,6 +614,7 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_rows_e4m3_kernel(Quant
 // and the row rule quantize_rows_e4m3_kernel's, so the bits are the chain's (tests/emu).
 constexpr int kFusedThreads = 256;
 constexpr int64_t kFusedKeptBytes = 32 * 1024;  // bf16/fp16 rows up to K = 32768, fp32 up to 16384
+constexpr int64_t kFusedMinK = 1024;             // shorter rows take the two-kernel chain (sparsify24_fp8_fused_pays)
 
 template <typename T, bool kVec>
 __global__ void __launch_bounds__(kFusedThreads) sparsify24_fp8_fused_kernel(Sparsify24Params p, QuantizeRowsParams q) {
@@ -684,6 +685,13 @@ void quantize_rows_e4m3_cuda(const QuantizeRowsParams& p, void* stream) {
 bool sparsify24_fp8_fusable(const Sparsify24Params& p) {
   const int64_t es = p.dtype == DType::kFloat32 ? 4 : 2;
   return p.counts == nullptr && p.cslt_meta == nullptr && p.K / 2 * es <= kFusedKeptBytes;
+}
+
+bool sparsify24_fp8_fused_pays(const Sparsify24Params& p) {
+  // A block of 256 threads per row leaves most threads idle on short rows, with 6 rows in flight per
+  // SM (the 32 KiB of shared memory): there the chain's 64-row tiles should be faster (estimated from
+  // the code, not measured: the GPU check's fp8 benchmark measures the long rows)
+  return sparsify24_fp8_fusable(p) && p.K >= kFusedMinK;
 }
 
 void sparsify24_fp8_fused_cuda(const Sparsify24Params& p, const QuantizeRowsParams& q, void* stream) {

@@ -121,9 +121,11 @@ void apply24_cuda(const Apply24Params& p, void* stream);
 void to_dense24_cuda(const ToDense24Params& p, void* stream);
 void transposed_split24_cuda(const TransposedSplit24Params& p, void* stream);
 void quantize_rows_e4m3_cuda(const QuantizeRowsParams& p, void* stream);
-// sparsify24_fp8 as one kernel (p.values unused: the kept values stay on chip), where it applies:
-// no counts, no cuSPARSELt metadata, a row's K/2 kept values within 32 KiB.
+// sparsify24_fp8 as one kernel (p.values unused: the kept values stay on chip), where it applies
+// (fusable): no counts, no cuSPARSELt metadata, a row's K/2 kept values within 32 KiB.
 bool sparsify24_fp8_fusable(const Sparsify24Params& p);
+// Where the glue takes it: fusable and rows of at least 1024 elements (shorter rows: the chain).
+bool sparsify24_fp8_fused_pays(const Sparsify24Params& p);
 void sparsify24_fp8_fused_cuda(const Sparsify24Params& p, const QuantizeRowsParams& q, void* stream);
 // The metadata region (M*K/8 bytes) of the candidate cuSPARSELt layout (sp24/cslt_layout.h) from the
 // canonical indices (M, K/2); M % 64 == 0, K % 32 == 0.
