@@ -54,6 +54,20 @@ def test_e4m3_from_float_is_torchs_saturating_cast():
     assert set(got[x == float("inf")].tolist()) == {0x7E} and set(got[x == float("-inf")].tolist()) == {0xFE}
 
 
+def test_e4m3_from_float_every_float_where_it_rounds():
+    # every positive fp32 bit pattern whose exponent lies in [2^-12, 2^9] (the subnormal grid, the normal
+    # range and the saturation boundary: outside it the result is 0 or 448; the sign bit is copied
+    # alike for all, as the probes above check): the bits of torch's saturating cast (the conversion is
+    # branch-free arithmetic: a rounding slip would show in some exponent)
+    lo, hi = (127 - 12) << 23, ((127 + 10) << 23) - 1
+    chunk = 1 << 24
+    for start in range(lo, hi + 1, chunk):
+        x = torch.arange(start, min(start + chunk, hi + 1), dtype=torch.int32).view(torch.float32)
+        got, want = _encode(x), rf.e4m3(x).view(torch.uint8)
+        bad = (got != want).nonzero()
+        assert bad.numel() == 0, f"bits {hex(x.view(torch.int32)[bad[0]].item() & 0xFFFFFFFF)}: {got[bad[0]].item():#x} vs {want[bad[0]].item():#x}"
+
+
 def test_e4m3_to_float_matches_torch():
     codes = bytes(range(256))
     got = torch.frombuffer(bytearray(_C.e4m3_to_float(codes)), dtype=torch.int32)
