@@ -186,6 +186,13 @@ REFUSED = [
         v, i, torch.arange(16, device=x.device), torch.arange(16, 32, device=x.device), "largest_abs")),
     ("sparse24_apply_relu2_backward", lambda x, v, i: ops.sparse24_apply_relu2_backward(x.detach(), v, i)),
     ("sparse24_cslt_compress", lambda x, v, i: sp24.Sp24Tensor(v, i).packed()),
+    # FP8: the e4m3 values have no gradient (before: outputs with requires_grad and a silent None x.grad)
+    ("sparsify24_fp8", lambda x, v, i: ops.sparsify24_fp8(x, "largest", "relu2", False)),
+    ("sparsify24_transposed_fp8", lambda x, v, i: ops.sparsify24_transposed_fp8(x, "largest_abs", None)),
+    ("quantize_rows_fp8", lambda x, v, i: ops.quantize_rows_fp8(x)),
+    ("sparse24_fp8_mm", lambda x, v, i: ops.sparse24_fp8_mm(
+        *ops.sparsify24_fp8(x.detach(), "largest", None, False)[:3],
+        ops.quantize_rows_fp8(x.detach())[0].t(), torch.ones(16, device=x.device), x[0, :16] * 1, True)),
 ]
 
 

@@ -16,7 +16,9 @@ Not differentiable, and an error as soon as a gradient would be required (at the
 never a silent None): indices and counts (integers), sparse24_apply_relu2_backward w.r.t.
 y2_values, sparse24_transposed_split, and the cuSPARSELt buffer ops (sparse24_cslt_compress,
 sparsify24_cslt, sparse24_cslt_mm): the buffer is opaque bytes that keep no pattern for a backward.
-Use sp24.sparsify24 / sp24.mm / sparse24_mm, which are differentiable.
+Use sp24.sparsify24 / sp24.mm / sparse24_mm, which are differentiable. The FP8 ops (sparsify24_fp8,
+sparsify24_transposed_fp8, quantize_rows_fp8, sparse24_fp8_mm) likewise: relu2_ffn(fp8=True) is the
+differentiable FP8 path.
 """
 
 from __future__ import annotations
@@ -197,6 +199,10 @@ _CSLT_REMEDY = ("the GEMM-ready buffer is opaque bytes that keep no pattern for 
                 "and sp24.mm (or sparse24_mm), which are differentiable, or detach() the inputs")
 
 
+_FP8_REMEDY = ("the FP8 ops are forward building blocks (e4m3 values and scales have no gradient); "
+               "sp24.relu2_ffn(..., fp8=True) differentiates the FFN (its backward in bf16), or detach() the inputs")
+
+
 def _register() -> None:
     reg = torch.library.register_autograd
     reg("sp24::sparsify24", _sparsify24_backward, setup_context=_sparsify24_setup)
@@ -212,6 +218,9 @@ def _register() -> None:
         setup_context=_refuse("sparse24_cslt_compress", "values", _CSLT_REMEDY))
     reg("sp24::sparsify24_cslt", _no_backward, setup_context=_refuse("sparsify24_cslt", "x", _CSLT_REMEDY))
     reg("sp24::sparse24_cslt_mm", _no_backward, setup_context=_refuse("sparse24_cslt_mm", "b or bias", _CSLT_REMEDY))
+    for op, what in (("sparsify24_fp8", "x"), ("sparsify24_transposed_fp8", "x"), ("quantize_rows_fp8", "x"),
+                     ("sparse24_fp8_mm", "its inputs")):
+        reg(f"sp24::{op}", _no_backward, setup_context=_refuse(op, what, _FP8_REMEDY))
 
 
 _register()
