@@ -111,7 +111,11 @@ def test_convert_report(caplog):
     assert "not the Squared-ReLU FFN of its Linears" in reasons["gated"]
     assert "holds state besides its two Linears (scale)" in reasons["scaled"]
     assert "sp24.nn.convert: swapped 1, skipped 3" in caplog.text and "skipped experts: MoE" in caplog.text
-    assert sp24.nn.convert(nn.Linear(4, 4)) .__class__ is nn.Linear  # default return value: the model
+    with pytest.warns(UserWarning, match="sp24.nn.convert: converted nothing in Linear"):
+        assert sp24.nn.convert(nn.Linear(4, 4)).__class__ is nn.Linear  # default return value: the model
+    # a conversion that swaps nothing says so (not only at INFO), with the first reasons
+    with pytest.warns(UserWarning, match=r"converted nothing in ModuleDict \(1 skipped: gated: its forward is not"):
+        sp24.nn.convert(nn.ModuleDict({"gated": Gated()}))
 
 
 def test_meta_build_convert_to_empty_init():

@@ -246,8 +246,8 @@ def relu2_ffn(x: Tensor, w1: Tensor, w2: Tensor, b1: Optional[Tensor] = None, b2
         sparse_backward (bool): True (default): the weight gradients' 2:4 along the tokens with
             the feature split; False: 2:4 in the forward only, the backward's GEMMs dense (the exact
             gradient of the 2:4 forward with ``gradient="24sparse"``).
-        fp8 (bool): the forward GEMMs in FP8 e4m3, the rest bf16 (docs/DESIGN.md, 'FP8'); d, F
-            multiples of 16. A GPU without FP8 (< sm_89) warns once and runs the bf16 path.
+        fp8 (bool): the forward GEMMs in FP8 e4m3, the rest bf16 (docs/DESIGN.md, 'FP8'), also with
+            ``sparse=False`` (the FP8 dense baseline); d, F multiples of 16. Below sm_89: one warning, bf16.
 
     Returns:
         Tensor: (..., d), dtype of x (the autocast dtype under autocast).

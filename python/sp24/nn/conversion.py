@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import warnings
 from typing import Callable, Optional
 
 import torch
@@ -255,4 +256,10 @@ def convert(model: nn.Module, *, sparse: bool = False, dense_fraction: float = 0
         result = model
     for line in str(run.report).splitlines():
         log.info(line)
+    if not run.report.swapped and not return_report:
+        # a conversion that changes nothing should not pass unnoticed (the report is only logged at INFO)
+        why = "; ".join(f"{n or '<root>'}: {r}" for n, r in run.report.skipped[:3]) or "no candidate block"
+        warnings.warn(f"sp24.nn.convert: converted nothing in {type(model).__name__} ({len(run.report.skipped)} "
+                      f"skipped: {why}{'; ...' if len(run.report.skipped) > 3 else ''}); the model stays dense. "
+                      f"return_report=True gives the full report", stacklevel=2)
     return (result, run.report) if return_report else result

@@ -94,7 +94,8 @@ class DenseWarmup:
         """Count one optimizer step; switch the model to 2:4 when the count reaches ``steps``.
 
         Returns:
-            bool: whether the warm-up is done (the model is sparse).
+            bool: whether the warm-up is done (from then on every sp24 module of the model runs 2:4;
+            a model with none, which :func:`set_sparse` warns about, stays dense).
         """
         self.count += 1
         if not self.done and self.count >= self.steps:
