@@ -39,8 +39,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sparsify24_fp8(const 
   bool relu2 = false;
   check_sparsify24_args(op, x, algo, activation, &algo_id, &relu2);
   const auto M = x.sym_size(0), K = x.sym_size(1);
-  auto indices = at::empty_symint({M, K / 2}, x.options().dtype(at::kByte));
-  auto counts = with_counts ? at::zeros_symint({K}, x.options().dtype(at::kInt)) : at::empty({0}, x.options().dtype(at::kInt));
+  auto [indices, counts] = sparsify24_index_shapes(x, with_counts);  // no 16-bit values: see scratch below
   auto values = at::empty_symint({M, K / 2}, x.options().dtype(at::kFloat8_e4m3fn));
   auto scales = at::empty_symint({M}, x.options().dtype(at::kFloat));
   if constexpr (B != Backend::kMeta) {

@@ -34,13 +34,19 @@ inline void check_sparsify24_args(const char* op, const at::Tensor& x, c10::stri
              "; pad the last dim with zeros to a multiple of 4");
 }
 
-inline std::tuple<at::Tensor, at::Tensor, at::Tensor> sparsify24_shapes(const char* op, const at::Tensor& x,
-                                                                 bool with_counts) {
+// The indices (M, K/2) uint8 and the counts ((K,) int32 zeros, or empty) of a row-wise sparsify of x.
+inline std::tuple<at::Tensor, at::Tensor> sparsify24_index_shapes(const at::Tensor& x, bool with_counts) {
   const auto M = x.sym_size(0), K = x.sym_size(1);
-  auto values = at::empty_symint({M, K / 2}, x.options());
   auto indices = at::empty_symint({M, K / 2}, x.options().dtype(at::kByte));
   auto counts = with_counts ? at::zeros_symint({K}, x.options().dtype(at::kInt))
                             : at::empty({0}, x.options().dtype(at::kInt));
+  return {indices, counts};
+}
+
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> sparsify24_shapes(const char* op, const at::Tensor& x,
+                                                                 bool with_counts) {
+  auto values = at::empty_symint({x.sym_size(0), x.sym_size(1) / 2}, x.options());
+  auto [indices, counts] = sparsify24_index_shapes(x, with_counts);
   return {values, indices, counts};
 }
 

@@ -98,12 +98,7 @@ int sp24emu_sparsify24(const void* x, int64_t row_stride, void* values, uint8_t*
 }
 
 int sp24emu_sparsify24_vectorised(const void* x, int64_t row_stride, int64_t M, int64_t K, int dtype) {
-  sp24::Sparsify24Params p;
-  p.x = x;
-  p.x_row_stride = row_stride;
-  p.M = M;
-  p.K = K;
-  p.dtype = dtype_of(dtype);
+  const sp24::Sparsify24Params p = sparsify_params(x, row_stride, nullptr, M, K, 0, 0, dtype);
   return sp24::sparsify24_cuda_vectorised(p) ? 1 : 0;
 }
 

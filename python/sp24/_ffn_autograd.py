@@ -153,17 +153,17 @@ class _SparseReLU2FFN(torch.autograd.Function):
         # padding below is, and their output and dx rows are zero-input rows the caller drops
         n_real = T - options[3]
         pad = (-T) % (FP8_TOKEN_ALIGN if fp8 else TOKEN_ALIGN)
+        n_pad = pad + options[3]  # zero rows in all: ours and the caller's
         X = _pad_rows(x2d if perm is None else x2d.index_select(0, perm), pad)
         y1 = _fp8.forward_gemms(X, w1, b1) if fp8 else F_.linear(X, w1, b1)
         # the counts drive the feature split, a backward-only need
         values, indices, counts = _ops.sparsify24(y1, "largest", "relu2", need_counts)
-        if pad + options[3] and b1 is not None:
+        if n_pad and b1 is not None:
             # padded tokens: Y1 = b1 there; zero their Y2 so they can never win a token-direction
             # 2:4 slot, and take them out of the per-feature counts
             values[n_real:] = 0
             if need_counts:
-                counts = counts - (pad + options[3]) * (torch.relu(b1.float()).square().to(b1.dtype) != 0).to(
-                    counts.dtype)
+                counts = counts - n_pad * (torch.relu(b1.float()).square().to(b1.dtype) != 0).to(counts.dtype)
         y3 = _fp8.sparse_mm(values, indices, w2, b2) if fp8 else _ops.sparse24_mm(values, indices, w2.t(), b2, None)
         # The output is written into a fresh (..., d) tensor rather than returned as a view of y3:
         # FSDP2 warns on (and in-place ops on views can break) a module output that is a view.

@@ -145,11 +145,9 @@ def relu2_experts(x: Tensor, top_k_index: Tensor, top_k_weights: Tensor, w1: Ten
         raise RuntimeError(f"{OP}: sparse=False follows Hugging Face's eager loop, which needs the routing's "
                            f"per-expert token counts on the host: it cannot run under FakeTensorMode; run it eagerly, "
                            f"or under torch.compile without fullgraph (a graph break at the routing)")
-    tokens, slots, counts = route(top_k_index, E)
-    if not sparse:
-        return _dense_experts(x, top_k_index, top_k_weights, w1, w2, b1, b2, tokens, slots, counts, fp8)
-    return _sparse_experts(x, top_k_index, top_k_weights, w1, w2, b1, b2, tokens, slots, counts,
-                           dense_fraction, permute_tokens, (gradient, bool(sparse_backward)), fp8, _autocast_dtype(x))
+    if sparse:
+        return _sparse_eager(x, top_k_index, top_k_weights, w1, w2, b1, b2, *opts, _autocast_dtype(x))
+    return _dense_experts(x, top_k_index, top_k_weights, w1, w2, b1, b2, *route(top_k_index, E), fp8)
 
 
 def _dense_experts(x, top_k_index, top_k_weights, w1, w2, b1, b2, tokens, slots, counts, fp8) -> Tensor:
@@ -252,7 +250,7 @@ def _sparse_experts(x, top_k_index, top_k_weights, w1, w2, b1, b2, tokens, slots
                 ys.append((_fp8.dense_relu2_ffn if fp8 else dense_relu2_ffn)(xe, w1e, w2e, b1e, b2e))
                 continue
             y = apply_ffn(xe, w1e, w2e, b1e, b2e, None, None, n_dense, tuple(xe.shape), backward,
-                                      (*options, fp8, xe.shape[0] - n))[0]
+                          (*options, fp8, xe.shape[0] - n))[0]
             ys.append(y[:n])
         y = torch.cat(ys).to(out_dtype)
     # the rows' pairs (padding removed) in the order of the outputs; per token, its pairs are added
@@ -339,20 +337,15 @@ def _(grad, x, top_k_index, top_k_weights, w1, w2, b1, b2, dense_fraction, permu
 
 
 def _experts_setup(ctx, inputs, output):
-    ctx.save_for_backward(*(t for t in inputs[:7] if t is not None))
-    ctx.has_bias = (inputs[5] is not None, inputs[6] is not None)
+    ctx.save_for_backward(*inputs[:7])  # the biases may be None
     ctx.opts = inputs[7:]
 
 
 def _experts_backward(ctx, grad):
-    saved = list(ctx.saved_tensors)
-    x, idx, wts, w1, w2 = saved[:5]
-    rest = saved[5:]
-    b1 = rest.pop(0) if ctx.has_bias[0] else None
-    b2 = rest.pop(0) if ctx.has_bias[1] else None
+    x, idx, wts, w1, w2, b1, b2 = ctx.saved_tensors
     dx, dwts, dw1, dw2, db1, db2 = torch.ops.sp24.relu2_experts_sparse_backward(grad, x, idx, wts, w1, w2, b1, b2,
                                                                                *ctx.opts)
-    return (dx, None, dwts, dw1, dw2, db1 if ctx.has_bias[0] else None, db2 if ctx.has_bias[1] else None,
+    return (dx, None, dwts, dw1, dw2, None if b1 is None else db1, None if b2 is None else db2,
             None, None, None, None, None, None)
 
 
